@@ -1,0 +1,216 @@
+"""One checkpoint format: a directory with safetensors weights and a JSON sidecar.
+
+    CKPT/generator.safetensors      G's state_dict
+    CKPT/discriminator.safetensors  D's state_dict
+    CKPT/raygan.json                architecture, class names, training state
+    CKPT/optimizer.pt               optional; Adam states, loaded with weights_only=True
+
+Writes go to a temporary sibling directory that is renamed into place, so a killed process
+never leaves a half-written checkpoint at the destination. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from raygan.errors import CheckpointError
+from raygan.model import Discriminator, Generator, ModelConfig
+
+FORMAT = "raygan-checkpoint"
+SIDECAR = "raygan.json"
+G_FILE = "generator.safetensors"
+D_FILE = "discriminator.safetensors"
+OPTIM_FILE = "optimizer.pt"
+
+
+@dataclass
+class Checkpoint:
+    model: ModelConfig
+    class_names: list[str]
+    generator: dict[str, torch.Tensor]
+    discriminator: dict[str, torch.Tensor]
+    state: dict[str, Any] = field(default_factory=dict)  # step, hyperparameters, metrics
+    optimizer: dict[str, Any] | None = None
+
+    def build(self) -> tuple[Generator, Discriminator]:
+        """Instantiate G and D with these weights; a shape mismatch names the tensor."""
+        g, d = Generator(self.model), Discriminator(self.model)
+        _load_state(g, self.generator, "generator")
+        _load_state(d, self.discriminator, "discriminator")
+        return g, d
+
+
+def _load_state(net: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{what} weights do not match the architecture: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
+        )
+    for name, tensor in expected.items():
+        if state[name].shape != tensor.shape:
+            raise CheckpointError(
+                f"{what} tensor {name} has shape {tuple(state[name].shape)} in the checkpoint "
+                f"but {tuple(tensor.shape)} in the model"
+            )
+    net.load_state_dict(state)
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
+    """Atomically write `ckpt` to the directory `path` (replacing any older one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        save_file(_contiguous(ckpt.generator), tmp / G_FILE)
+        save_file(_contiguous(ckpt.discriminator), tmp / D_FILE)
+        if ckpt.optimizer is not None:
+            torch.save(ckpt.optimizer, tmp / OPTIM_FILE)
+        sidecar = {
+            "format": FORMAT,
+            "version": 1,
+            "model": ckpt.model.to_dict(),
+            "class_names": list(ckpt.class_names),
+            "state": ckpt.state,
+        }
+        (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=2, default=float))
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move `src` to `dst`; an existing `dst` stays whole until the new one is in place."""
+    if not dst.exists():
+        os.replace(src, dst)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.", dir=dst.parent))
+    os.replace(dst, old / "x")
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(path: str | Path, with_optimizer: bool = False) -> Checkpoint:
+    """Load a raygan checkpoint directory, or a plain PyTorch state_dict file (.pt/.pth)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_file():
+        return load_state_dict_file(path)
+    sidecar = _read_sidecar(path)
+    try:
+        model = ModelConfig(**sidecar["model"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / SIDECAR}: invalid model config: {e}") from None
+    ckpt = Checkpoint(
+        model=model,
+        class_names=list(sidecar["class_names"]),
+        generator=_read_safetensors(path / G_FILE),
+        discriminator=_read_safetensors(path / D_FILE),
+        state=sidecar.get("state", {}),
+    )
+    if len(ckpt.class_names) != model.num_classes:
+        raise CheckpointError(
+            f"{path / SIDECAR}: {len(ckpt.class_names)} class names for a model of "
+            f"{model.num_classes} classes"
+        )
+    if with_optimizer and (path / OPTIM_FILE).exists():
+        ckpt.optimizer = _torch_load(path / OPTIM_FILE)
+    return ckpt
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    file = path / SIDECAR
+    if not file.exists():
+        raise CheckpointError(f"{path} is not a raygan checkpoint: {SIDECAR} is missing")
+    try:
+        sidecar = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: not valid JSON ({e})") from None
+    if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
+        raise CheckpointError(f"{file}: not a {FORMAT} sidecar")
+    for key in ("model", "class_names"):
+        if key not in sidecar:
+            raise CheckpointError(f"{file}: field '{key}' is missing")
+    return sidecar
+
+
+def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    if not file.exists():
+        raise CheckpointError(f"checkpoint file missing: {file}")
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{file}: corrupt safetensors file ({e})") from None
+
+
+def _torch_load(file: Path) -> Any:
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for bad or unsafe files
+        raise CheckpointError(f"{file}: cannot be loaded safely ({type(e).__name__}: {e})") from None
+
+
+def load_state_dict_file(file: Path) -> Checkpoint:
+    """A plain `torch.save({"generator": G.state_dict(), "discriminator": D.state_dict()})`.
+
+    The architecture is read off the tensor shapes; class names are unknown, so they are
+    numbered and the data set's names replace them once the class count is checked.
+    """
+    blob = _torch_load(file)
+    if not isinstance(blob, dict) or not {"generator", "discriminator"} <= set(blob):
+        raise CheckpointError(
+            f"{file}: expected a dict with 'generator' and 'discriminator' state_dicts"
+        )
+    model = infer_model_config(blob["generator"], blob["discriminator"], file)
+    return Checkpoint(
+        model=model,
+        class_names=[str(i) for i in range(model.num_classes)],
+        generator=blob["generator"],
+        discriminator=blob["discriminator"],
+        state={"source": str(file), "unnamed_classes": True},
+    )
+
+
+def infer_model_config(g: dict, d: dict, file: Path) -> ModelConfig:
+    try:
+        _, num_classes = d["class_projection.weight"].shape
+        base = g["blocks.input.linear.weight"]
+        channels = g["blocks.to_rgb.0.weight"].shape[1]
+        stages = sum(1 for k in g if k.startswith("blocks.up") and k.endswith(".1.weight"))
+        return ModelConfig(
+            num_classes=int(num_classes),
+            resolution=4 * 2**stages,
+            channels=int(channels),
+            latent_dim=int(base.shape[1] - num_classes),
+        )
+    except (KeyError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{file}: not a raygan G/D state_dict ({e})") from None
+
+
+def check_matches_data(ckpt: Checkpoint, class_names: list[str], data_source: str) -> list[str]:
+    """Raise if the class counts differ; return the class names to train with."""
+    if ckpt.model.num_classes != len(class_names):
+        raise CheckpointError(
+            f"checkpoint has {ckpt.model.num_classes} classes {ckpt.class_names[:5]} but the "
+            f"data set {data_source} has {len(class_names)} classes {class_names[:5]}"
+        )
+    return list(class_names)

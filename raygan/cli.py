@@ -1,0 +1,134 @@
+"""Command line: parses arguments and calls the library. User errors become one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from raygan.errors import RayganError
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from raygan.config import FinetuneConfig, load_config
+    from raygan.finetune import finetune
+
+    cfg = load_config(FinetuneConfig, args.config, args.set)
+    result = finetune(cfg, resume_from=args.resume)
+    print(f"{result.status} at step {result.step}" + (f": {result.reason}" if result.reason else ""))
+    if result.best:
+        print(f"best fid {result.best['fid']:.3f} at step {result.best['step']}: {result.best_checkpoint}")
+    return 0 if result.status == "completed" else 1
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from raygan.config import PretrainConfig, load_config
+    from raygan.pretrain import pretrain
+
+    cfg = load_config(PretrainConfig, args.config, args.set)
+    out = pretrain(cfg, export_to=args.export)
+    print(f"base model: {out}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from raygan.data import prepare
+
+    rows = prepare(args.src, args.out, skip_corrupt=args.skip_corrupt)
+    print(f"wrote {rows} images to {args.out}")
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from raygan.config import SearchConfig, load_config
+    from raygan.search import run_search
+
+    cfg = load_config(SearchConfig, args.search, args.set)
+    if args.name:
+        cfg = cfg.model_copy(update={"name": args.name})
+    outcome = run_search(cfg, address=args.address, storage=args.storage, resume=args.resume)
+    print(outcome.summary)
+    print(f"TensorBoard: tensorboard --logdir {outcome.experiment}/tensorboard")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from raygan.export import export_best
+
+    print(f"exported to {export_best(args.experiment, args.out)}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from raygan.export import sample_to_file
+
+    print(f"wrote {sample_to_file(args.export, args.class_name, args.n, args.output, args.seed)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raygan", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("finetune", help="fine-tune a pretrained GAN once, locally (no Ray)")
+    p.add_argument("config", nargs="?", help="YAML file of FinetuneConfig fields")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--resume", type=Path, help="checkpoint of this run to continue from")
+    p.set_defaults(run=_finetune)
+
+    p = sub.add_parser("pretrain", help="train a base model from scratch (no freezing)")
+    p.add_argument("config", nargs="?", help="YAML file of PretrainConfig fields")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--export", type=Path, help="also copy the final checkpoint here")
+    p.set_defaults(run=_pretrain)
+
+    p = sub.add_parser("tune", help="run a hyperparameter search (the main job)")
+    p.add_argument("search", help="search space YAML, e.g. search_spaces/demo.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. num_trials=4 or trial.steps=200")
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local one)")
+    p.add_argument("--storage", help="experiments root: a path, shared mount or s3://... URI")
+    p.add_argument("--name", help="experiment name (default: the file's `name`)")
+    p.add_argument("--resume", help="experiment directory of an interrupted search to continue")
+    p.set_defaults(run=_tune)
+
+    p = sub.add_parser("export", help="export the best checkpoint of an experiment")
+    p.add_argument("experiment", type=Path)
+    p.add_argument("out", type=Path)
+    p.set_defaults(run=_export)
+
+    p = sub.add_parser("sample", help="generate images of one class from an export")
+    p.add_argument("export", type=Path)
+    p.add_argument("--class", dest="class_name", required=True)
+    p.add_argument("-n", type=int, default=16)
+    p.add_argument("-o", "--output", type=Path, default=Path("samples.png"))
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_sample)
+
+    p = sub.add_parser("prepare", help="convert an image folder or .zip into Parquet")
+    p.add_argument("src", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable files (counted)")
+    p.set_defaults(run=_prepare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
+    )
+    try:
+        return args.run(args)
+    except RayganError as e:
+        print(f"raygan: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("raygan: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Typed configuration, validated once where it enters (YAML file or `--set key=value`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from raygan.errors import ConfigError
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrialConfig(Strict):
+    """One fine-tuning run: hyperparameters and schedule."""
+
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    lr_g: float | None = Field(None, gt=0, description="overrides lr for G")
+    lr_d: float | None = Field(None, gt=0, description="overrides lr for D")
+    beta1: float = Field(0.5, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    freeze_g: int = Field(0, ge=0)
+    freeze_d: int = Field(0, ge=0)
+    augment: bool = False
+    eval_every: int = Field(100, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1, description="default: eval_every")
+    eval_samples: int = Field(500, ge=20)
+    eval_at_start: bool = True
+    feature_extractor: Literal["classifier", "inception"] = "classifier"
+    inception_weights: str | None = None
+    collapse_stop: float | None = Field(None, gt=0, le=1, description="stop when collapse exceeds")
+    collapse_patience: int = Field(2, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _checkpoints_follow_evaluations(self) -> TrialConfig:
+        # A checkpoint is kept or dropped by its score, so it must have been evaluated.
+        if self.checkpoint_every is not None and self.checkpoint_every % self.eval_every:
+            raise ValueError(
+                f"checkpoint_every ({self.checkpoint_every}) must be a multiple of "
+                f"eval_every ({self.eval_every})"
+            )
+        return self
+
+    @property
+    def g_lr(self) -> float:
+        return self.lr_g or self.lr
+
+    @property
+    def d_lr(self) -> float:
+        return self.lr_d or self.lr
+
+    @property
+    def checkpoint_interval(self) -> int:
+        return self.checkpoint_every or self.eval_every
+
+
+class FinetuneConfig(TrialConfig):
+    """`raygan finetune`: one trial from a pretrained checkpoint on a data set."""
+
+    data: str = "demo:target"
+    base: str = Field("demo", description="checkpoint dir, state_dict file, or 'demo'")
+    output: str = "runs/finetune"
+    skip_corrupt: bool = False
+
+
+class PretrainConfig(TrialConfig):
+    """`raygan pretrain`: train a base model from scratch with the same loop, no freezing."""
+
+    data: str = "demo:source"
+    output: str = "runs/pretrain"
+    resolution: Literal[32, 64, 128] = 64
+    channels: int = Field(16, ge=1)
+    skip_corrupt: bool = False
+    eval_at_start: bool = False
+    # Defaults are the recipe of the shipped demo base model.
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    eval_every: int = Field(500, ge=1)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` pairs; values are parsed as YAML scalars (`1e-4`, `true`, `null`)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected key=value")
+        out[key.strip()] = yaml.safe_load(value) if value else None
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
+    return raw
+
+
+def validate(cls: type[Model], raw: dict[str, Any], origin: str) -> Model:
+    """Build `cls` from raw data or raise ConfigError naming the field and the bad value."""
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{origin}: {describe(e)}") from None
+
+
+def describe(error: ValidationError) -> str:
+    parts = []
+    for err in error.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        if not field and err["type"] == "value_error":
+            parts.append(str(err["ctx"]["error"]))
+        elif err["type"] == "extra_forbidden":
+            parts.append(f"unknown field '{field}'")
+        elif err["type"] == "missing":
+            parts.append(f"field '{field}' is required")
+        else:
+            parts.append(f"field '{field}': {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
+def load_config(cls: type[Model], path: str | Path | None, overrides: list[str]) -> Model:
+    raw = read_yaml(path) if path else {}
+    for key, value in parse_overrides(overrides).items():
+        set_dotted(raw, key, value)
+    return validate(cls, raw, str(path) if path else "--set")
+
+
+# ---- search spaces -----------------------------------------------------------------------
+
+SEARCHABLE = ("lr", "lr_g", "lr_d", "beta1", "beta2", "freeze_g", "freeze_d", "augment", "batch_size")
+
+
+class IntRange(Strict):
+    type: Literal["int"]
+    low: int
+    high: int
+
+
+class Uniform(Strict):
+    type: Literal["uniform"]
+    low: float
+    high: float
+
+
+class LogUniform(Strict):
+    type: Literal["loguniform"]
+    low: float = Field(gt=0)
+    high: float = Field(gt=0)
+
+
+class Choice(Strict):
+    type: Literal["choice"]
+    values: list[Any] = Field(min_length=1)
+
+
+ParamSpec = Annotated[IntRange | Uniform | LogUniform | Choice, Field(discriminator="type")]
+
+
+class SchedulerConfig(Strict):
+    """ASHA over evaluations: a trial must survive `grace_evals` evaluations before it can be
+    stopped, and each rung keeps the best 1/`reduction_factor`."""
+
+    grace_evals: int = Field(1, ge=1)
+    reduction_factor: int = Field(2, ge=2)
+
+
+class SearchConfig(Strict):
+    name: str = Field("raygan", pattern=r"^[A-Za-z0-9_.-]+$")
+    data: str = "demo:target"
+    base: str = "demo"
+    skip_corrupt: bool = False
+    trial: TrialConfig = TrialConfig()
+    space: dict[str, ParamSpec]
+    seed_recipe: dict[str, Any] | None = Field(
+        default_factory=lambda: {"lr": 1e-5, "beta1": 0.5, "freeze_d": 0, "freeze_g": 0},
+        description="evaluated first, so the report can say how much the search beat it",
+    )
+    num_trials: int = Field(8, ge=1)
+    workers: int = Field(1, ge=1, description="DDP workers per trial")
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(0, ge=0)
+    max_concurrent: int | None = Field(None, ge=1, description="default: what the cluster fits")
+    seed: int = 0
+    scheduler: SchedulerConfig = SchedulerConfig()
+    max_failures: int = Field(2, ge=0, description="retries of a failed trial from its checkpoint")
+    keep_checkpoints: int = Field(2, ge=1, description="per trial, best by objective")
+    storage: str = "runs"
+
+    @model_validator(mode="after")
+    def _space_names_hyperparameters_within_bounds(self) -> SearchConfig:
+        for name, spec in self.space.items():
+            if name not in SEARCHABLE:
+                raise ValueError(f"space.{name}: not searchable; choose from {list(SEARCHABLE)}")
+            bounds = spec.values if isinstance(spec, Choice) else [spec.low, spec.high]
+            if not isinstance(spec, Choice) and spec.low >= spec.high:
+                raise ValueError(f"space.{name}: low ({spec.low}) must be below high ({spec.high})")
+            for value in bounds:
+                try:
+                    TrialConfig.model_validate({**self.trial.model_dump(), name: value})
+                except ValidationError as e:
+                    raise ValueError(f"space.{name}: value {value!r} is invalid: {describe(e)}") from None
+        if self.seed_recipe:
+            try:
+                TrialConfig.model_validate({**self.trial.model_dump(), **self.seed_recipe})
+            except ValidationError as e:
+                raise ValueError(f"seed_recipe: {describe(e)}") from None
+        return self
+
+    def trial_config(self, params: dict[str, Any]) -> TrialConfig:
+        """The fixed trial settings with one trial's sampled hyperparameters."""
+        return TrialConfig.model_validate({**self.trial.model_dump(), **params})
+
+
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """`trial.steps=50` sets raw["trial"]["steps"]."""
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: '{key}' is not a section")
+    node[leaf] = value

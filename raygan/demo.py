@@ -1,0 +1,43 @@
+"""The embedded demo: a base model pretrained on the demo source domain.
+
+The package ships one (made by `raygan pretrain` with DEMO_PRETRAIN below) so the demo starts
+at once; if it is missing, it is built on first use and cached, with a progress bar.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from pathlib import Path
+
+from raygan.checkpoint import Checkpoint, load_checkpoint
+from raygan.config import PretrainConfig
+from raygan.metrics.features import cache_dir
+
+log = logging.getLogger(__name__)
+
+DEMO_BASE = "demo"
+# The shipped base model is `raygan pretrain --export raygan/assets/demo-base` (defaults).
+DEMO_PRETRAIN = PretrainConfig()
+
+
+def shipped_base() -> Path:
+    return Path(str(resources.files("raygan") / "assets" / "demo-base"))
+
+
+def load_base(spec: str) -> Checkpoint:
+    """`demo` or a path to a checkpoint directory / state_dict file."""
+    if spec != DEMO_BASE:
+        return load_checkpoint(spec)
+    for candidate in (shipped_base(), cache_dir() / "demo-base"):
+        if (candidate / "raygan.json").exists():
+            return load_checkpoint(candidate)
+    return load_checkpoint(build_demo_base(cache_dir() / "demo-base"))
+
+
+def build_demo_base(out: Path) -> Path:
+    from raygan.pretrain import pretrain
+
+    log.warning("no demo base model found; pretraining one on demo:source (once) into %s", out)
+    return pretrain(DEMO_PRETRAIN.model_copy(update={"output": str(out.parent / ".demo-base-run")}),
+                    export_to=out, progress=True)

@@ -1,0 +1,17 @@
+"""User-facing error families. The CLI turns each into one line and exit code 2."""
+
+
+class RayganError(Exception):
+    """Base of every error caused by user input rather than a bug."""
+
+
+class ConfigError(RayganError):
+    """A config file, search space or command-line override is invalid."""
+
+
+class DataError(RayganError):
+    """A data set cannot be read or does not fit the model."""
+
+
+class CheckpointError(RayganError):
+    """A checkpoint is missing, corrupt or does not match the model or data."""

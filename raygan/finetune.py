@@ -1,0 +1,38 @@
+"""`raygan finetune`: one trial on this machine, without Ray."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from raygan.checkpoint import check_matches_data
+from raygan.config import FinetuneConfig
+from raygan.data import load_dataset
+from raygan.demo import load_base
+from raygan.progress import print_report
+from raygan.tensorboard import TrialLog
+from raygan.trial import TrialResult, run_trial
+
+
+def finetune(cfg: FinetuneConfig, resume_from: Path | None = None) -> TrialResult:
+    base = load_base(cfg.base)
+    data = load_dataset(cfg.data, base.model.resolution, cfg.skip_corrupt)
+    data.class_names = check_matches_data(base, data.class_names, cfg.data)
+    out = Path(cfg.output)
+    log = TrialLog(out / "tensorboard", cfg.model_dump())
+    try:
+        result = run_trial(cfg, base, data, out, print_report, resume_from=resume_from, log=log)
+    finally:
+        log.close()
+    summary = {
+        "status": result.status,
+        "reason": result.reason,
+        "step": result.step,
+        "best": result.best,
+        "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
+        "history": result.history,
+        "config": cfg.model_dump(),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return result

@@ -1,0 +1,47 @@
+"""`raygan pretrain`: a base model trained from scratch with the trial loop (no freezing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from raygan.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from raygan.config import PretrainConfig
+from raygan.data import load_dataset
+from raygan.model import ModelConfig, build_models
+from raygan.progress import print_report
+from raygan.trial import run_trial
+
+
+def initial_checkpoint(cfg: PretrainConfig, class_names: list[str]) -> Checkpoint:
+    torch.manual_seed(cfg.seed)
+    model = ModelConfig(num_classes=len(class_names), resolution=cfg.resolution, channels=cfg.channels)
+    g, d = build_models(model)
+    return Checkpoint(model, class_names, g.state_dict(), d.state_dict(), state={"step": 0})
+
+
+def pretrain(cfg: PretrainConfig, export_to: Path | None = None, progress: bool = False) -> Path:
+    """Train and return the path of the final checkpoint (copied to `export_to` if given)."""
+    data = load_dataset(cfg.data, cfg.resolution, cfg.skip_corrupt)
+    base = initial_checkpoint(cfg, data.class_names)
+    out = Path(cfg.output)
+    bar = tqdm(total=cfg.steps, desc="pretraining", unit="step") if progress else None
+
+    def report(metrics: dict, checkpoint: Path | None) -> None:
+        if bar is not None:
+            bar.update(metrics["step"] - bar.n)
+            bar.set_postfix(fid=f"{metrics.get('fid', float('nan')):.1f}")
+        else:
+            print_report(metrics, checkpoint)
+
+    result = run_trial(cfg, base, data, out, report)
+    if bar is not None:
+        bar.close()
+    final = out / "checkpoints" / f"step-{result.step:06d}"
+    if export_to is None:
+        return final
+    ckpt = load_checkpoint(final)
+    ckpt.state = {"pretrain": cfg.model_dump(), "metrics": ckpt.state.get("metrics", {})}
+    return save_checkpoint(ckpt, export_to)

@@ -1,0 +1,380 @@
+"""The search: Ray Tune + Optuna over fine-tuning trials; the only module that talks to Ray.
+
+Each Tune trial runs the engine's loop (`raygan.trial.run_trial`) either in its own process
+(one worker: no Ray Train start-up cost) or on a Ray Train `TorchTrainer` of `workers` DDP
+workers. Both paths report the same metrics and checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from raygan.checkpoint import check_matches_data
+from raygan.config import Choice, IntRange, LogUniform, SearchConfig, TrialConfig
+from raygan.data import LabeledImages, load_dataset
+from raygan.demo import load_base
+from raygan.errors import ConfigError
+from raygan.export import export_best, read_trials
+from raygan.model import Discriminator, Generator, max_freeze
+from raygan.summary import format_summary, score_pretrained
+from raygan.tensorboard import TrialLog
+from raygan.trial import run_trial
+
+log = logging.getLogger(__name__)
+
+METRIC, MODE = "objective", "min"
+# A Ray Train trial's driver only waits on its workers: it holds 1 MiB of memory, no CPU, so
+# a 2-worker trial fits a 2-CPU machine (a bundle must hold some resource; 0 CPU alone won't do).
+TRAIN_DRIVER_RESOURCES = {"CPU": 0, "memory": 2**20}
+
+
+# ---- before any trial starts -------------------------------------------------------------
+
+def preflight(cfg: SearchConfig) -> LabeledImages:
+    """Load and cross-check data, base model and space, so bad input fails in seconds."""
+    base = load_base(cfg.base)
+    data = load_dataset(cfg.data, base.model.resolution, cfg.skip_corrupt)
+    check_matches_data(base, data.class_names, cfg.data)
+    g, d = Generator(base.model), Discriminator(base.model)
+    for name, net in (("freeze_g", g), ("freeze_d", d)):
+        deepest = _upper(cfg, name)
+        if deepest > max_freeze(net):
+            raise ConfigError(
+                f"{name} reaches {deepest} but {cfg.base} has {max_freeze(net)} freezable blocks"
+            )
+    data.require_batch(int(_upper(cfg, "batch_size")))
+    return data
+
+
+def _upper(cfg: SearchConfig, name: str) -> float:
+    """The largest value `name` can take in this search."""
+    values = [getattr(cfg.trial, name)]
+    spec = cfg.space.get(name)
+    if spec is not None:
+        values += spec.values if isinstance(spec, Choice) else [spec.high]
+    if cfg.seed_recipe and name in cfg.seed_recipe:
+        values.append(cfg.seed_recipe[name])
+    return max(values)
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster at `address` (or RAY_ADDRESS, as Ray does); else start a local one."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    ray.init(address=address, log_to_driver=False, include_dashboard=False if not address else None)
+
+
+def check_resources(cfg: SearchConfig) -> int:
+    """Refuse trials the cluster can never fit; return how many fit at once."""
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
+    need_cpu, need_gpu = cfg.workers * cfg.cpus_per_worker, cfg.workers * cfg.gpus_per_worker
+    if need_gpu > gpus:
+        raise ConfigError(
+            f"a trial needs {need_gpu:g} GPUs (workers {cfg.workers} x gpus_per_worker "
+            f"{cfg.gpus_per_worker:g}) but the cluster has {gpus:g}"
+        )
+    if need_cpu > cpus:
+        raise ConfigError(
+            f"a trial needs {need_cpu:g} CPUs (workers {cfg.workers} x cpus_per_worker "
+            f"{cfg.cpus_per_worker:g}) but the cluster has {cpus:g}"
+        )
+    fit = int(cpus // need_cpu)
+    if need_gpu:
+        fit = min(fit, int(gpus // need_gpu))
+    return max(1, min(fit, cfg.max_concurrent or fit))
+
+
+SHARED_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "ceph", "glusterfs", "lustre", "fuse", "9p", "gpfs", "beegfs")
+
+
+def is_shared_path(path: Path) -> bool:
+    """True if `path` lies on a network filesystem (by /proc/mounts)."""
+    try:
+        mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return False
+    target = path.resolve()
+    best = max(
+        (m for m in mounts if len(m) > 2 and target.is_relative_to(m[1])),
+        key=lambda m: len(m[1]),
+        default=None,
+    )
+    return best is not None and best[2].split(".")[0] in SHARED_FILESYSTEMS
+
+
+def storage_root(storage: str) -> str:
+    """Local paths are made absolute; a multi-node cluster needs storage every node sees."""
+    if "://" in storage:
+        return storage
+    path = Path(storage).expanduser().resolve()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and not is_shared_path(path):
+        raise ConfigError(
+            f"storage {path} is local to this node, but the cluster has {len(nodes)} nodes: "
+            "use a shared filesystem path (NFS/EFS/PVC) or s3://..."
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+# ---- the search space ----------------------------------------------------------------------
+
+def param_space(cfg: SearchConfig) -> dict[str, Any]:
+    space = {}
+    for name, spec in cfg.space.items():
+        if isinstance(spec, IntRange):
+            space[name] = tune.randint(spec.low, spec.high + 1)  # randint excludes high
+        elif isinstance(spec, LogUniform):
+            space[name] = tune.loguniform(spec.low, spec.high)
+        elif isinstance(spec, Choice):
+            space[name] = tune.choice(spec.values)
+        else:
+            space[name] = tune.uniform(spec.low, spec.high)
+    return space
+
+
+def seed_point(cfg: SearchConfig) -> list[dict[str, Any]]:
+    """The seed recipe as Optuna's first point, restricted to the searched names."""
+    if not cfg.seed_recipe:
+        return []
+    point = {k: v for k, v in cfg.seed_recipe.items() if k in cfg.space}
+    for k in cfg.space:
+        point.setdefault(k, getattr(cfg.trial, k))
+    return [point]
+
+
+def trial_settings(search: SearchConfig, params: dict[str, Any]) -> TrialConfig:
+    # The pretrained model is scored once by the search, not at the start of every trial.
+    return search.trial_config({**params, "eval_at_start": False})
+
+
+def evaluations_per_trial(trial: TrialConfig) -> int:
+    return -(-trial.steps // trial.eval_every)
+
+
+# ---- inside a trial ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial needs besides its sampled parameters (plain data: it is pickled)."""
+
+    search: dict[str, Any]
+    experiment_dir: str  # a path or a storage URI
+    tensorboard_root: str  # always a filesystem path
+
+
+def _load_inputs(ctx: TrialContext) -> tuple[SearchConfig, Any, LabeledImages]:
+    search = SearchConfig.model_validate(ctx.search)
+    base = load_base(search.base)
+    data = load_dataset(search.data, base.model.resolution, search.skip_corrupt)
+    return search, base, data
+
+
+def trial_driver(params: dict[str, Any], ctx: TrialContext) -> None:
+    """The Tune trainable."""
+    search = SearchConfig.model_validate(ctx.search)
+    if search.workers == 1:
+        run_in_trial_process(params, ctx)
+    else:
+        run_on_torch_trainer(params, ctx, search)
+
+
+def run_in_trial_process(params: dict[str, Any], ctx: TrialContext) -> None:
+    search, base, data = _load_inputs(ctx)
+    cfg = trial_settings(search, params)
+    trial_id = tune.get_context().get_trial_id()
+    restored = tune.get_checkpoint()
+    scratch = Path(tempfile.mkdtemp(prefix=f"raygan-{trial_id}-"))
+    resume = Path(restored.to_directory(str(scratch / "restored"))) if restored else None
+
+    def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=checkpoint)  # persists the checkpoint to storage
+        if checkpoint_dir:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+    trial_log = TrialLog(Path(ctx.tensorboard_root) / trial_id, cfg.model_dump())
+    try:
+        run_trial(cfg, base, data, scratch, report, resume_from=resume, log=trial_log, run_id=trial_id)
+    finally:
+        trial_log.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run_on_torch_trainer(params: dict[str, Any], ctx: TrialContext, search: SearchConfig) -> None:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial = tune.get_context()
+    trainer = TorchTrainer(
+        ddp_worker_loop,
+        train_loop_config={"params": params, "ctx": ctx, "trial_id": trial.get_trial_id()},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=search.workers,
+            use_gpu=search.gpus_per_worker > 0,
+            resources_per_worker={"CPU": search.cpus_per_worker, "GPU": search.gpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            # Deterministic: a retried trial finds and resumes its own Train run.
+            name=f"train-{trial.get_trial_id()}",
+            storage_path=f"{ctx.experiment_dir}/train",
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=search.keep_checkpoints,
+                checkpoint_score_attribute=METRIC,
+                checkpoint_score_order=MODE,
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=search.max_failures),
+        ),
+    )
+    trainer.fit()
+
+
+def ddp_worker_loop(config: dict[str, Any]) -> None:
+    """Runs on each Ray Train worker; Ray has already set up the process group."""
+    import ray.train
+
+    ctx: TrialContext = config["ctx"]
+    search, base, data = _load_inputs(ctx)
+    cfg = trial_settings(search, config["params"])
+    restored = ray.train.get_checkpoint()
+    scratch = Path(tempfile.mkdtemp(prefix="raygan-ddp-"))
+    resume = Path(restored.to_directory(str(scratch / "restored"))) if restored else None
+    rank = ray.train.get_context().get_world_rank()
+
+    def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+        if checkpoint_dir:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+    trial_log = (
+        TrialLog(Path(ctx.tensorboard_root) / config["trial_id"], cfg.model_dump()) if rank == 0 else None
+    )
+    try:
+        run_trial(cfg, base, data, scratch, report, resume_from=resume, log=trial_log,
+                  run_id=config["trial_id"])
+    finally:
+        if trial_log:
+            trial_log.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# ---- the driver ----------------------------------------------------------------------------
+
+def trainable_for(cfg: SearchConfig, ctx: TrialContext) -> Any:
+    resources = (
+        {"CPU": cfg.cpus_per_worker, "GPU": cfg.gpus_per_worker}
+        if cfg.workers == 1
+        else TRAIN_DRIVER_RESOURCES
+    )
+    return tune.with_resources(tune.with_parameters(trial_driver, ctx=ctx), resources)
+
+
+def build_tuner(cfg: SearchConfig, root: str, concurrency: int, ctx: TrialContext) -> tune.Tuner:
+    import optuna
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch(
+        metric=METRIC,
+        mode=MODE,
+        points_to_evaluate=seed_point(cfg),
+        sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+    )
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration",  # one iteration = one evaluation
+        max_t=evaluations_per_trial(cfg.trial),
+        grace_period=cfg.scheduler.grace_evals,
+        reduction_factor=cfg.scheduler.reduction_factor,
+    )
+    return tune.Tuner(
+        trainable_for(cfg, ctx),
+        param_space=param_space(cfg),
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode=MODE,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=cfg.num_trials,
+            max_concurrent_trials=concurrency,
+        ),
+        run_config=tune.RunConfig(
+            name=cfg.name,
+            storage_path=root,
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=cfg.keep_checkpoints,
+                checkpoint_score_attribute=METRIC,
+                checkpoint_score_order=MODE,
+            ),
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            verbose=1,
+        ),
+    )
+
+
+def experiment_dir_of(root: str, name: str) -> str:
+    return f"{root.rstrip('/')}/{name}"
+
+
+def tensorboard_root(experiment_dir: str) -> str:
+    if "://" in experiment_dir:  # TensorBoard needs a filesystem; keep it on the driver
+        return str(Path("~/ray_results").expanduser() / Path(experiment_dir).name / "tensorboard")
+    return f"{experiment_dir}/tensorboard"
+
+
+@dataclass
+class SearchOutcome:
+    experiment: str
+    export: Path | None
+    summary: str
+
+
+def run_search(
+    cfg: SearchConfig, address: str | None = None, storage: str | None = None, resume: str | None = None
+) -> SearchOutcome:
+    """Run (or resume) the search, export the best model and summarise.
+
+    Bad input fails before any trial starts."""
+    data = preflight(cfg)
+    connect(address)
+    concurrency = check_resources(cfg)
+    if resume:
+        experiment = resume.rstrip("/")
+        if "://" not in experiment and not Path(experiment).is_dir():
+            raise ConfigError(f"--resume: experiment directory not found: {experiment}")
+        root = experiment.rsplit("/", 1)[0]
+        ctx = TrialContext(cfg.model_dump(), experiment, tensorboard_root(experiment))
+        tuner = tune.Tuner.restore(experiment, trainable_for(cfg, ctx), resume_errored=True)
+    else:
+        root = storage_root(storage or cfg.storage)
+        experiment = experiment_dir_of(root, cfg.name)
+        if "://" not in experiment and Path(experiment).exists():
+            raise ConfigError(
+                f"experiment {experiment} exists: pass --resume {experiment} to continue it, "
+                "or choose another --name"
+            )
+        ctx = TrialContext(cfg.model_dump(), experiment, tensorboard_root(experiment))
+        tuner = build_tuner(cfg, root, concurrency, ctx)
+    log.info("search %s: %d trials, up to %d at once", experiment, cfg.num_trials, concurrency)
+    local = "://" not in experiment
+    pretrained = score_pretrained(cfg, data, Path(experiment)) if local else {"fid": math.nan}
+    tuner.fit()
+    if not local:
+        return SearchOutcome(experiment, None, "export: sync the experiment locally, then `raygan export`")
+    export = export_best(experiment, Path(experiment) / "export")
+    rows = read_trials(Path(experiment), cfg.trial.steps)
+    return SearchOutcome(experiment, export, format_summary(rows, cfg, pretrained, export))

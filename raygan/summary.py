@@ -1,0 +1,83 @@
+"""The end-of-search summary: top trials, best parameters, export path, and how the best
+trial compares with the seed recipe and the pretrained model before fine-tuning."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from raygan.config import SearchConfig
+from raygan.data import LabeledImages
+from raygan.demo import load_base
+from raygan.metrics.evaluate import Evaluator, objective
+
+BASELINE_FILE = "pretrained.json"
+
+
+def score_pretrained(cfg: SearchConfig, data: LabeledImages, experiment: Path) -> dict[str, Any]:
+    """FID of the base model before any fine-tuning, scored once per experiment."""
+    file = experiment / BASELINE_FILE
+    if file.exists():
+        return json.loads(file.read_text())
+    base = load_base(cfg.base)
+    g, _ = base.build()
+    trial = cfg.trial
+    scores = Evaluator(data, trial.eval_samples, trial.feature_extractor, trial.inception_weights)
+    metrics = scores.evaluate(g).scalars()
+    metrics["objective"] = objective(metrics["fid"], metrics["collapse"])
+    experiment.mkdir(parents=True, exist_ok=True)
+    file.write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def is_seed_trial(row: dict[str, Any], cfg: SearchConfig) -> bool:
+    recipe = {k: v for k, v in (cfg.seed_recipe or {}).items() if k in cfg.space}
+    return bool(recipe) and all(
+        _close(row.get(f"param_{k}"), v) for k, v in recipe.items()
+    )
+
+
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-9)
+    return a == b
+
+
+def format_summary(
+    rows: list[dict[str, Any]], cfg: SearchConfig, pretrained: dict[str, Any], export: Path, top: int = 5
+) -> str:
+    ranked = sorted(
+        (r for r in rows if r.get("best_objective") is not None),
+        key=lambda r: r["best_objective"],
+    )
+    names = list(cfg.space)
+    header = ["trial", *names, "status", "evals", "best fid", "collapse", "objective"]
+    lines = [" | ".join(header)]
+    for row in ranked[:top]:
+        values = [row["trial_id"], *(_fmt(row.get(f"param_{n}")) for n in names), row["status"],
+                  str(row["evaluations"]), _fmt(row["best_fid"]), _fmt(row["best_collapse"]),
+                  _fmt(row["best_objective"])]
+        lines.append(" | ".join(values))
+    out = ["", f"Top trials ({len(ranked)} of {len(rows)} scored):", *lines]
+    if ranked:
+        best = ranked[0]
+        out.append("Best parameters: " + ", ".join(f"{n}={_fmt(best.get(f'param_{n}'))}" for n in names))
+        seed = next((r for r in rows if is_seed_trial(r, cfg) and r.get("best_fid") is not None), None)
+        out.append(
+            f"FID: best trial {_fmt(best['best_fid'])} | seed recipe "
+            f"{_fmt(seed['best_fid']) if seed else 'n/a'} | pretrained (before fine-tuning) "
+            f"{_fmt(pretrained['fid'])}"
+        )
+    stopped = [r for r in rows if r["status"] not in ("completed",)]
+    for row in stopped:
+        out.append(f"trial {row['trial_id']}: {row['status']} {row['stop_reason']}".rstrip())
+    out.append(f"Exported best model to {export}")
+    return "\n".join(out)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,80 @@
+import pytest
+
+from raygan.config import FinetuneConfig, SearchConfig, TrialConfig, load_config
+from raygan.errors import ConfigError
+
+SPACE = "space:\n  lr: {type: loguniform, low: 1.0e-5, high: 1.0e-3}\n"
+
+
+def write(tmp_path, text, name="s.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_overrides_are_parsed_as_yaml_scalars_and_validated(tmp_path):
+    cfg = load_config(FinetuneConfig, None, ["lr=1e-4", "augment=true", "freeze_d=2"])
+    assert (cfg.lr, cfg.augment, cfg.freeze_d) == (1e-4, True, 2)
+
+
+def test_dotted_override_reaches_nested_trial_settings(tmp_path):
+    cfg = load_config(SearchConfig, write(tmp_path, SPACE), ["trial.steps=50", "num_trials=2"])
+    assert cfg.trial.steps == 50 and cfg.num_trials == 2
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("lr: -1\n", "field 'lr'.*greater than 0.*got -1"),
+        ("lrr: 1\n", "unknown field 'lrr'"),
+        ("beta1: 1.5\n", "field 'beta1'"),
+        ("checkpoint_every: 150\neval_every: 100\n", "multiple of eval_every"),
+        ("- a list\n", "expected a mapping"),
+        ("lr: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_bad_finetune_config_names_file_field_and_value(tmp_path, text, message):
+    path = write(tmp_path, text, "bad.yaml")
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(FinetuneConfig, path, [])
+    assert "bad.yaml" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ("  lr: {type: loguniform, low: 0, high: 1.0e-3}", "space.lr.loguniform.low"),
+        ("  lr: {type: gaussian, low: 0, high: 1}", "does not match any of the expected tags"),
+        ("  beta1: {type: uniform, low: 0.5, high: 1.5}", "space.beta1: value 1.5 is invalid"),
+        ("  momentum: {type: uniform, low: 0, high: 1}", "space.momentum: not searchable"),
+        ("  freeze_d: {type: int, low: 3, high: 1}", r"low \(3\) must be below high \(1\)"),
+        ("  augment: {type: choice, values: []}", "space.augment.choice.values"),
+    ],
+)
+def test_malformed_search_space_is_rejected_with_the_field(tmp_path, space, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(SearchConfig, write(tmp_path, f"space:\n{space}\n"), [])
+
+
+def test_search_space_is_required(tmp_path):
+    with pytest.raises(ConfigError, match="field 'space' is required"):
+        load_config(SearchConfig, write(tmp_path, "num_trials: 3\n"), [])
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(SearchConfig, tmp_path / "nope.yaml", [])
+
+
+def test_shipped_search_spaces_are_valid():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).parents[1] / "search_spaces").glob("*.yaml"))
+    assert files
+    for file in files:
+        load_config(SearchConfig, file, [])
+
+
+def test_trial_config_merges_sampled_parameters():
+    search = SearchConfig(space={}, trial=TrialConfig(steps=10))
+    assert search.trial_config({"lr": 3e-4}).steps == 10

@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+from raygan.config import TrialConfig
+from raygan.model import (
+    Discriminator,
+    Generator,
+    ModelConfig,
+    build_models,
+    freeze_blocks,
+    max_freeze,
+    one_hot,
+)
+from raygan.trial import run_trial
+
+
+@pytest.mark.parametrize("resolution", [32, 64, 128])
+def test_generator_maps_noise_and_class_to_images_in_unit_range(resolution):
+    cfg = ModelConfig(num_classes=3, resolution=resolution, channels=4)
+    g, d = build_models(cfg)
+    y = one_hot(torch.tensor([0, 1, 2, 1]), 3)
+    images = g(torch.randn(4, 128), y)
+    assert images.shape == (4, 3, resolution, resolution)
+    assert images.min() >= -1 and images.max() <= 1
+    assert d(images, y).shape == (4,)
+
+
+def test_defaults_match_the_product_contract():
+    cfg = ModelConfig()
+    assert (cfg.latent_dim, cfg.resolution, cfg.num_classes) == (128, 64, 10)
+
+
+def test_invalid_architecture_is_rejected():
+    with pytest.raises(ValueError, match="resolution"):
+        ModelConfig(resolution=48)
+
+
+def test_freeze_depth_out_of_range_names_the_limit():
+    d = Discriminator(ModelConfig(resolution=32, channels=4))
+    with pytest.raises(ValueError, match=r"\[0, 4\], got 5"):
+        freeze_blocks(d, 5)
+
+
+def test_freeze_counts_g_from_latent_and_d_from_image():
+    cfg = ModelConfig(resolution=32, channels=4)
+    g, d = Generator(cfg), Discriminator(cfg)
+    assert freeze_blocks(g, 2) == ["input", "up1"]
+    assert freeze_blocks(d, 2) == ["from_rgb", "down1"]
+    assert max_freeze(g) == len(g.blocks) - 1
+    assert all(p.requires_grad for p in d.logit.parameters())
+
+
+def snapshot(state):
+    return {k: v.clone() for k, v in state.items()}
+
+
+def test_frozen_blocks_do_not_change_and_the_rest_trains(tiny_data, tiny_base, tmp_path):
+    cfg = TrialConfig(
+        steps=5, batch_size=8, lr=1e-2, freeze_g=2, freeze_d=3, eval_every=5,
+        eval_samples=40, eval_at_start=False,
+    )
+    result = run_trial(cfg, tiny_base, tiny_data, tmp_path, lambda m, c: None)
+    assert result.status == "completed"
+    from raygan.checkpoint import load_checkpoint
+
+    after = load_checkpoint(result.best_checkpoint)
+    frozen_g = ("blocks.input.", "blocks.up1.")
+    frozen_d = ("blocks.from_rgb.", "blocks.down1.", "blocks.down2.")
+    for name, before in tiny_base.generator.items():
+        same = torch.equal(before, after.generator[name])
+        assert same == name.startswith(frozen_g), f"generator {name} frozen={not same}"
+    for name, before in tiny_base.discriminator.items():
+        same = torch.equal(before, after.discriminator[name])
+        assert same == name.startswith(frozen_d), f"discriminator {name} frozen={not same}"
+
+
+def test_frozen_parameters_are_left_out_of_the_optimizer(tiny_base):
+    from raygan.trial import build_models as build_trial_models
+
+    cfg = TrialConfig(freeze_d=2)
+    m = build_trial_models(cfg, tiny_base, torch.device("cpu"))
+    optimized = {id(p) for group in m.opt_d.param_groups for p in group["params"]}
+    frozen = [p for n, p in m.d.named_parameters() if n.startswith(("blocks.from_rgb", "blocks.down1"))]
+    assert frozen and not any(id(p) in optimized for p in frozen)
