@@ -90,11 +90,19 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
             "state": ckpt.state,
         }
         (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=2, default=float))
+        _make_readable(tmp)
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _make_readable(directory: Path) -> None:
+    """mkdtemp and safetensors create owner-only files; checkpoints are shared artefacts."""
+    directory.chmod(0o755)
+    for file in directory.iterdir():
+        file.chmod(0o644)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -192,7 +200,7 @@ def load_state_dict_file(file: Path) -> Checkpoint:
 
 def infer_model_config(g: dict, d: dict, file: Path) -> ModelConfig:
     try:
-        _, num_classes = d["class_projection.weight"].shape
+        _, num_classes = d["class_projection.parametrizations.weight.original"].shape
         base = g["blocks.input.linear.weight"]
         channels = g["blocks.to_rgb.0.weight"].shape[1]
         stages = sum(1 for k in g if k.startswith("blocks.up") and k.endswith(".1.weight"))

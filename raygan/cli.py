@@ -27,7 +27,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     from raygan.pretrain import pretrain
 
     cfg = load_config(PretrainConfig, args.config, args.set)
-    out = pretrain(cfg, export_to=args.export)
+    out = pretrain(cfg, export_to=args.export, resume_from=args.resume)
     print(f"base model: {out}")
     return 0
 
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML file of PretrainConfig fields")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--export", type=Path, help="also copy the final checkpoint here")
+    p.add_argument("--resume", type=Path, help="checkpoint of this run to continue from")
     p.set_defaults(run=_pretrain)
 
     p = sub.add_parser("tune", help="run a hyperparameter search (the main job)")

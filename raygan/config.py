@@ -81,9 +81,11 @@ class PretrainConfig(TrialConfig):
     channels: int = Field(16, ge=1)
     skip_corrupt: bool = False
     eval_at_start: bool = False
-    # Defaults are the recipe of the shipped demo base model.
-    steps: int = Field(2000, ge=1)
+    # Defaults are the recipe of the shipped demo base model (StyleGAN-like Adam betas).
+    steps: int = Field(3000, ge=1)
     batch_size: int = Field(32, ge=1)
+    beta1: float = Field(0.0, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
     eval_every: int = Field(500, ge=1)
 
 

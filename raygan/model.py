@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
 
 RESOLUTIONS = (32, 64, 128)
 
@@ -80,15 +81,35 @@ def up_block(in_ch: int, out_ch: int) -> nn.Sequential:
     )
 
 
+def sn(layer: nn.Module) -> nn.Module:
+    """Spectral normalisation keeps D Lipschitz, which is what makes BCE training stable."""
+    return spectral_norm(layer)
+
+
 def down_block(in_ch: int, out_ch: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, 3, padding=1),
+        sn(nn.Conv2d(in_ch, out_ch, 3, padding=1)),
         nn.LeakyReLU(0.2),
         nn.AvgPool2d(2),
     )
 
 
-class Generator(nn.Module):
+class BlockNet(nn.Module):
+    """A network that is a sequence of named blocks, some of which may be frozen."""
+
+    blocks: nn.Sequential
+    frozen: tuple[str, ...] = ()
+
+    def train(self, mode: bool = True) -> BlockNet:
+        # Frozen blocks stay in eval mode, so even buffers (spectral norm's power-iteration
+        # vectors) keep their pretrained values.
+        super().train(mode)
+        for name in self.frozen:
+            self.blocks.get_submodule(name).train(False)
+        return self
+
+
+class Generator(BlockNet):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -106,21 +127,23 @@ class Generator(nn.Module):
         return self.blocks(torch.cat([z, y], dim=1))
 
 
-class Discriminator(nn.Module):
+class Discriminator(BlockNet):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         size = cfg.resolution
         blocks: OrderedDict[str, nn.Module] = OrderedDict()
-        blocks["from_rgb"] = nn.Sequential(nn.Conv2d(3, cfg.width(size), 3, padding=1), nn.LeakyReLU(0.2))
+        blocks["from_rgb"] = nn.Sequential(
+            sn(nn.Conv2d(3, cfg.width(size), 3, padding=1)), nn.LeakyReLU(0.2)
+        )
         for i in range(1, cfg.num_stages + 1):
             blocks[f"down{i}"] = down_block(cfg.width(size), cfg.width(size // 2))
             size //= 2
         self.blocks = nn.Sequential(blocks)
         features = cfg.width(4)
-        self.logit = nn.Linear(features + 1, 1)
+        self.logit = sn(nn.Linear(features + 1, 1))
         # Projection conditioning (Miyato & Koyama 2018): logit += <embed(y), features>.
-        self.class_projection = nn.Linear(cfg.num_classes, features, bias=False)
+        self.class_projection = sn(nn.Linear(cfg.num_classes, features, bias=False))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, group: int | None = None) -> torch.Tensor:
         """x: (N, 3, R, R) images in [-1, 1]; y: (N, num_classes) one-hot. Returns (N,) logits.
@@ -161,6 +184,8 @@ def freeze_blocks(net: Generator | Discriminator, depth: int) -> list[str]:
     names = list(net.blocks._modules)[:depth]
     for name in names:
         net.blocks.get_submodule(name).requires_grad_(False)
+    net.frozen = tuple(names)
+    net.train(net.training)
     return names
 
 

@@ -22,7 +22,12 @@ def initial_checkpoint(cfg: PretrainConfig, class_names: list[str]) -> Checkpoin
     return Checkpoint(model, class_names, g.state_dict(), d.state_dict(), state={"step": 0})
 
 
-def pretrain(cfg: PretrainConfig, export_to: Path | None = None, progress: bool = False) -> Path:
+def pretrain(
+    cfg: PretrainConfig,
+    export_to: Path | None = None,
+    progress: bool = False,
+    resume_from: Path | None = None,
+) -> Path:
     """Train and return the path of the final checkpoint (copied to `export_to` if given)."""
     data = load_dataset(cfg.data, cfg.resolution, cfg.skip_corrupt)
     base = initial_checkpoint(cfg, data.class_names)
@@ -36,7 +41,7 @@ def pretrain(cfg: PretrainConfig, export_to: Path | None = None, progress: bool 
         else:
             print_report(metrics, checkpoint)
 
-    result = run_trial(cfg, base, data, out, report)
+    result = run_trial(cfg, base, data, out, report, resume_from=resume_from)
     if bar is not None:
         bar.close()
     final = out / "checkpoints" / f"step-{result.step:06d}"

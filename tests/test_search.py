@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from raygan.checkpoint import load_checkpoint, save_checkpoint
 from raygan.config import SearchConfig, validate
+from raygan.errors import ConfigError
 from raygan.export import sample_to_file
 from raygan.search import run_search
 
@@ -83,3 +84,47 @@ def test_search_runs_trials_exports_best_and_logs_every_trial(local_ray, base_di
     assert "Top trials" in outcome.summary and str(export) in outcome.summary
     png = sample_to_file(export, "circle", 4, tmp_path / "x.png")
     assert png.stat().st_size > 0
+
+
+def test_ddp_trial_runs_on_ray_train_with_two_workers(local_ray, base_dir, tmp_path):
+    cfg = search_config(
+        base_dir, tmp_path / "runs", num_trials=1, workers=2, name="ddp",
+        trial={"steps": 4, "batch_size": 8, "eval_every": 2, "eval_samples": 40},
+    )
+    outcome = run_search(cfg)
+    table = pq.read_table(outcome.export / "trials.parquet").to_pylist()
+    assert [r["status"] for r in table] == ["completed"]
+    assert table[0]["evaluations"] == 2
+    # The checkpoint came from the Ray Train run of that trial.
+    assert "/train/" in json.loads((outcome.export / "best.json").read_text())["source_checkpoint"]
+    runs = list((Path(outcome.experiment) / "tensorboard").iterdir())
+    assert len(runs) == 1
+
+
+def test_more_gpus_than_the_cluster_has_fails_before_any_trial(local_ray, base_dir, tmp_path):
+    cfg = search_config(base_dir, tmp_path / "runs", gpus_per_worker=1, workers=2)
+    with pytest.raises(ConfigError, match=r"a trial needs 2 GPUs .* the cluster has 0"):
+        run_search(cfg)
+    assert not (tmp_path / "runs" / "t").exists()
+
+
+def test_freeze_deeper_than_the_base_model_fails_before_any_trial(base_dir, tmp_path):
+    cfg = search_config(base_dir, tmp_path / "runs",
+                        space={"freeze_d": {"type": "int", "low": 0, "high": 9}})
+    with pytest.raises(ConfigError, match="freeze_d reaches 9 but .* has 4 freezable blocks"):
+        run_search(cfg)
+
+
+def test_class_count_mismatch_fails_before_any_trial(base_dir, tmp_path):
+    from raygan.errors import CheckpointError
+
+    folder = tmp_path / "data"
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (folder / name).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (32, 32), (i * 20, 0, 0)).save(folder / name / f"{i}.png")
+    cfg = search_config(base_dir, tmp_path / "runs", data=str(folder))
+    with pytest.raises(CheckpointError, match="checkpoint has 10 classes .* has 2 classes"):
+        run_search(cfg)

@@ -94,17 +94,22 @@ class Evaluator:
         self.extractor = build_extractor(extractor, real, self.classifier, inception_weights)
         self.real_features = self._real_features(extractor)
         self.fake_labels = torch.arange(num_samples) % real.num_classes
-        gen = torch.Generator().manual_seed(seed)
-        # Fixed noise: every evaluation of every trial scores the same latent points.
-        self.noise = torch.randn(num_samples, 128, generator=gen)
+        self.seed = seed
         dim = self.real_features.shape[1]
-        self.fid = FrechetInceptionDistance(PrecomputedFeatures(dim), reset_real_features=False)
+        # Only rank 0 evaluates, so torchmetrics must not sync states across the process group.
+        self.fid = FrechetInceptionDistance(
+            PrecomputedFeatures(dim), reset_real_features=False, sync_on_compute=False
+        )
         self.fid.update(self.real_features.double(), real=True)
         subset = min(100, len(real), num_samples)
         with warnings.catch_warnings():  # its memory warning is about data sets far larger
             warnings.simplefilter("ignore", UserWarning)
             self.kid = KernelInceptionDistance(
-                PrecomputedFeatures(dim), subsets=50, subset_size=subset, reset_real_features=False
+                PrecomputedFeatures(dim),
+                subsets=50,
+                subset_size=subset,
+                reset_real_features=False,
+                sync_on_compute=False,
             )
         self.kid.update(self.real_features.double(), real=True)
 
@@ -125,28 +130,27 @@ class Evaluator:
             return features
 
     @torch.no_grad()
-    def generate(self, generator: Generator) -> torch.Tensor:
+    def generate(self, generator: Generator, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Images for `labels` (default: the balanced evaluation labels) from fixed noise, so
+        every evaluation of every trial scores the same latent points."""
+        labels = self.fake_labels if labels is None else labels
         device = next(generator.parameters()).device
-        num_classes = self.real.num_classes
+        gen = torch.Generator().manual_seed(self.seed)
+        noise = torch.randn(len(labels), generator.cfg.latent_dim, generator=gen)
+        y = one_hot(labels, self.real.num_classes)
         return torch.cat(
             [
-                generator(
-                    self.noise[i : i + EVAL_BATCH].to(device),
-                    one_hot(self.fake_labels[i : i + EVAL_BATCH], num_classes).to(device),
-                ).float().cpu()
-                for i in range(0, self.num_samples, EVAL_BATCH)
+                generator(noise[i : i + EVAL_BATCH].to(device), y[i : i + EVAL_BATCH].to(device))
+                .float()
+                .cpu()
+                for i in range(0, len(labels), EVAL_BATCH)
             ]
         )
 
-    @torch.no_grad()
     def sample_grid(self, generator: Generator, per_class: int = 8) -> torch.Tensor:
-        """A (3, H, W) grid in [0, 1]: one row per class, fixed noise, for eyes and TensorBoard."""
-        device = next(generator.parameters()).device
-        num_classes = self.real.num_classes
-        labels = torch.arange(num_classes).repeat_interleave(per_class)
-        images = generator(
-            self.noise[: len(labels)].to(device), one_hot(labels, num_classes).to(device)
-        ).float().cpu()
+        """A (3, H, W) grid in [0, 1]: one row per class, for eyes and TensorBoard."""
+        labels = torch.arange(self.real.num_classes).repeat_interleave(per_class)
+        images = self.generate(generator, labels)
         return make_grid(images.add(1).div(2).clamp(0, 1), nrow=per_class, padding=1)
 
     def evaluate(self, generator: Generator) -> EvalResult:
