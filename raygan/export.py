@@ -1,7 +1,7 @@
 """Export: the best checkpoint over every evaluation of every trial, ready to sample from.
 
     OUT/generator.safetensors, discriminator.safetensors, raygan.json   the checkpoint
-    OUT/generator.torchscript.pt   G(z, y_onehot) for serving without raygan
+    OUT/generator.pt2              G(z, y_onehot) as a torch.export program, for serving
     OUT/samples.png                one row per class
     OUT/trials.parquet             every trial: params, best/last metrics, status, stop reason
     OUT/best.json                  trial, hyperparameters and metrics of the export
@@ -61,6 +61,7 @@ def read_trials(experiment: Path, steps: int | None = None) -> list[dict[str, An
                                "trial_dir": result_file.parent.name}
         row.update({f"param_{k}": v for k, v in sorted(params.items())})
         row["evaluations"] = len(evaluations)
+        row["restarts"] = max(0, sum(r.get("iterations_since_restore") == 1 for r in reports) - 1)
         row["last_step"] = evaluations[-1].get("step") if evaluations else None
         row["status"], row["stop_reason"] = trial_status(result_file.parent, evaluations, steps)
         finite = [r for r in evaluations if math.isfinite(r["objective"])]
@@ -75,19 +76,21 @@ def read_trials(experiment: Path, steps: int | None = None) -> list[dict[str, An
 
 
 def trial_status(trial_dir: Path, evaluations: list[dict], steps: int | None) -> tuple[str, str]:
+    """The trial's end: its own last word, else an error (a retried trial that then finished
+    keeps Tune's error file), else a stop by the scheduler."""
+    last = evaluations[-1] if evaluations else {}
+    status = last.get("trial_status", "running")
+    if status != "running":
+        return status, last.get("stop_reason", "")
     if any(trial_dir.glob("error.*")):
         error = trial_dir / "error.txt"
         lines = error.read_text().strip().splitlines() if error.exists() else ["unknown error"]
         return "error", lines[-1][:300]
     if not evaluations:
         return "pending", ""
-    last = evaluations[-1]
-    status = last.get("trial_status", "running")
-    if status == "running":
-        if steps is not None and last.get("step", 0) < steps:
-            return "stopped", "early stopping (ASHA): objective behind its rung"
-        return "completed", ""
-    return status, last.get("stop_reason", "")
+    if steps is not None and last.get("step", 0) < steps:
+        return "stopped", "early stopping (ASHA): objective behind its rung"
+    return "completed", ""
 
 
 def write_trials_table(rows: list[dict[str, Any]], out: Path) -> None:
@@ -112,10 +115,14 @@ def class_grid(generator: Generator, per_class: int = 8) -> torch.Tensor:
     return torch.cat([sample_images(generator, c, per_class, seed=c) for c in range(generator.cfg.num_classes)])
 
 
-def export_torchscript(generator: Generator, out: Path) -> None:
+def export_program(generator: Generator, out: Path) -> None:
+    """A torch.export program of G(z, y_onehot) with a dynamic batch size, for serving
+    without raygan (TorchScript is deprecated in current PyTorch)."""
     cfg = generator.cfg
     example = (torch.randn(2, cfg.latent_dim), one_hot(torch.arange(2) % cfg.num_classes, cfg.num_classes))
-    torch.jit.save(torch.jit.trace(generator.eval(), example), str(out))
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    program = torch.export.export(generator.eval(), example, dynamic_shapes=({0: batch}, {0: batch}))
+    torch.export.save(program, out)
 
 
 def export_best(experiment: str | Path, out: str | Path) -> Path:
@@ -139,7 +146,7 @@ def export_best(experiment: str | Path, out: str | Path) -> Path:
             if file.name != "optimizer.pt":  # training state only; not needed to sample
                 shutil.copy2(file, tmp / file.name)
         save_image(class_grid(generator), tmp / "samples.png", nrow=8, padding=1)
-        export_torchscript(generator, tmp / "generator.torchscript.pt")
+        export_program(generator, tmp / "generator.pt2")
         write_trials_table(rows, tmp / "trials.parquet")
         best = {
             "trial_id": state.get("run_id", ""),
@@ -179,7 +186,7 @@ best checkpoint over all evaluations of all trials (trial `{best['trial_id']}`, 
 ## Use
     raygan sample EXPORT_DIR --class {best['class_names'][0]} -n 16 -o samples.png
 
-or without raygan: `torch.jit.load("generator.torchscript.pt")(z, y_onehot)` with z ~ N(0, I)
+or without raygan: `torch.export.load("generator.pt2").module()(z, y_onehot)` with z ~ N(0, I)
 of size {model['latent_dim']} and y one-hot over {model['num_classes']} classes; output in [-1, 1].
 
 ## Limits

@@ -6,6 +6,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import ray
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from raygan.checkpoint import load_checkpoint, save_checkpoint
@@ -56,11 +57,14 @@ def test_search_runs_trials_exports_best_and_logs_every_trial(local_ray, base_di
     # Export folder: weights, config, samples, serving model, trials table, card.
     export = outcome.export
     for name in ("generator.safetensors", "discriminator.safetensors", "raygan.json",
-                 "samples.png", "generator.torchscript.pt", "trials.parquet", "best.json",
+                 "samples.png", "generator.pt2", "trials.parquet", "best.json",
                  "MODEL_CARD.md"):
         assert (export / name).exists(), name
     best = json.loads((export / "best.json").read_text())
-    assert load_checkpoint(export).model.resolution == 32
+    generator, _ = load_checkpoint(export).build()
+    served = torch.export.load(str(export / "generator.pt2")).module()
+    z, y = torch.randn(5, 128), torch.eye(10)[:5]
+    assert torch.allclose(served(z, y), generator(z, y), atol=1e-6)
 
     table = pq.read_table(export / "trials.parquet").to_pylist()
     assert len(table) == 3

@@ -1,0 +1,186 @@
+"""Step throughput: raygan's `train_step` against a plain PyTorch loop of the same G and D.
+
+Both sides start from the demo base model (`load_base("demo")`, 64x64), see the same batches
+(sampled up front, so data loading is out of both measurements) and run on the same device
+and thread count. The plain loop is what one would write by hand: Adam, one D step on
+[real, fake] with BCE, then one G step. The two sides alternate step by step (ABBA), and the
+reported ratio is the median of per-repetition ratios, so load from other processes mostly
+cancels.
+
+    python bench/step_throughput.py                       # small: batch 16 and 32, 5 reps
+    python bench/step_throughput.py --reps 20 --steps 50  # tighter numbers
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from common import median_and_spread, print_table, write_results
+
+from raygan.checkpoint import Checkpoint
+from raygan.config import TrialConfig
+from raygan.data import load_dataset
+from raygan.demo import load_base
+from raygan.trial import build_models, train_step
+
+Step = Callable[[torch.Tensor, torch.Tensor], None]
+
+
+class PlainLoop:
+    """The hand-written baseline: same networks, optimiser and losses, nothing else."""
+
+    def __init__(self, base: Checkpoint, cfg: TrialConfig, device: torch.device) -> None:
+        g, d = base.build()
+        self.g, self.d = g.to(device), d.to(device)
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr, betas=betas)
+        self.num_classes = base.model.num_classes
+        self.latent_dim = base.model.latent_dim
+        self.group = math.gcd(4, cfg.batch_size)
+        n = cfg.batch_size
+        self.d_targets = torch.cat([torch.ones(n), torch.zeros(n)]).to(device)
+        self.g_targets = torch.ones(n, device=device)
+        self.autocast = device.type == "cuda"  # same precision policy as train_step
+        self.device = device
+
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.g, self.d]
+
+    def __call__(self, real: torch.Tensor, labels: torch.Tensor) -> None:
+        y = F.one_hot(labels, self.num_classes).float()
+        z = torch.randn(len(real), self.latent_dim, device=self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            fake = self.g(z, y)
+            logits = self.d(torch.cat([real, fake.detach()]), torch.cat([y, y]), self.group)
+            loss_d = F.binary_cross_entropy_with_logits(logits.float(), self.d_targets)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            logits = self.d(fake, y, self.group)
+            loss_g = F.binary_cross_entropy_with_logits(logits.float(), self.g_targets)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+
+
+class RayganStep:
+    """raygan's own path: `build_models` then `train_step`."""
+
+    def __init__(self, base: Checkpoint, cfg: TrialConfig, device: torch.device) -> None:
+        self.models = build_models(cfg, base, device)
+        self.cfg = cfg
+        self.num_classes = base.model.num_classes
+
+    def __call__(self, real: torch.Tensor, labels: torch.Tensor) -> None:
+        train_step(self.models, real, labels, self.cfg, self.num_classes)
+
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.models.g, self.models.d]
+
+
+def batch_stream(batch_size: int, device: torch.device, channels_last: bool,
+                 count: int = 8) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    data = load_dataset("demo:target", 64)
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(count):
+        real, labels = data.batch(torch.randint(len(data), (batch_size,), generator=gen))
+        real = real.to(device)
+        if channels_last:
+            real = real.contiguous(memory_format=torch.channels_last)
+        batches.append((real, labels.to(device)))
+    while True:
+        yield from batches
+
+
+def timed(step: Step, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    step(*batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def interleaved_rep(sides: dict[str, Step], batches: Iterator, steps: int,
+                    device: torch.device) -> dict[str, float]:
+    """Images/s of each side over `steps` steps, alternating sides step by step (ABBA...),
+    so both sides see the same background load."""
+    names = list(sides)
+    seconds = dict.fromkeys(names, 0.0)
+    batch_size = 0
+    for i in range(steps):
+        batch = next(batches)
+        batch_size = len(batch[0])
+        for name in names if i % 2 == 0 else reversed(names):
+            seconds[name] += timed(sides[name], batch, device)
+    return {name: steps * batch_size / s for name, s in seconds.items()}
+
+
+def measure(batch_size: int, args: argparse.Namespace, device: torch.device) -> dict:
+    base = load_base("demo")
+    cfg = TrialConfig(batch_size=batch_size, lr=2e-4, beta1=0.5)
+    sides: dict[str, RayganStep | PlainLoop] = {
+        "raygan": RayganStep(base, cfg, device),
+        "plain": PlainLoop(base, cfg, device),
+    }
+    if args.channels_last:  # weights keep their Parameter objects, so optimisers still match
+        for side in sides.values():
+            for net in side.networks():
+                net.to(memory_format=torch.channels_last)
+    batches = batch_stream(batch_size, device, args.channels_last)
+    interleaved_rep(sides, batches, args.warmup, device)
+    samples: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(args.reps):
+        for name, value in interleaved_rep(sides, batches, args.steps, device).items():
+            samples[name].append(value)
+    ratios = [r / p for r, p in zip(samples["raygan"], samples["plain"])]
+    ratio, low, high = median_and_spread(ratios)
+    return {
+        "batch": batch_size,
+        "raygan_img_s": median_and_spread(samples["raygan"])[0],
+        "plain_img_s": median_and_spread(samples["plain"])[0],
+        "ratio_median": ratio,
+        "ratio_min": low,
+        "ratio_max": high,
+        "target": 0.95,
+        "samples": samples,
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--batches", type=int, nargs="+", default=[16, 32])
+    p.add_argument("--steps", type=int, default=10, help="steps per timed repetition")
+    p.add_argument("--reps", type=int, default=5, help="interleaved repetitions per side")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (Ray gives a 1-CPU trial 1 thread)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--channels-last", action="store_true",
+                   help="both sides in channels_last memory format (meant for GPU)")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    rows = [measure(b, args, device) for b in args.batches]
+    print_table(rows, ["batch", "raygan_img_s", "plain_img_s", "ratio_median", "ratio_min",
+                       "ratio_max", "target"])
+    settings = {**vars(args), "resolution": 64, "base": "demo"}
+    print("wrote", write_results("step_throughput", settings, rows))
+
+
+if __name__ == "__main__":
+    main()
