@@ -1,0 +1,190 @@
+"""Per-trial overhead: seconds from a trial's start to its first training step and to its first
+reported metric, for one-worker trials (run in the Tune trial process) and 2-worker DDP trials
+(Ray Train `TorchTrainer`, gloo on CPU).
+
+Each measurement is a real one-trial search through `raygan.search.run_search` with the demo
+search spaces shrunk to a few steps. Timestamps come from three places:
+
+* Tune: the trial's start (`run_metadata.start_time` in `experiment_state-*.json`, set when
+  Tune marks the trial RUNNING) and `time_total_s` / `elapsed_s` in `result.json`;
+* probes (`bench/probes/sitecustomize.py`, put on the workers' PYTHONPATH): the trial
+  function's entry, `_load_inputs`, `run_trial`, the evaluator's construction, the first
+  `train_step` and the first `report`;
+* this driver: the `Tuner.fit()` call (right after the pretrained model is scored).
+
+One- and two-worker searches alternate on one Ray cluster, so both see the same load.
+
+    python bench/trial_overhead.py                 # 2 repeats of each kind
+    python bench/trial_overhead.py --repeats 5 --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ray
+from common import print_table, write_results
+
+import raygan.search
+from raygan.config import SearchConfig, load_config
+from raygan.search import run_search
+
+ROOT = Path(__file__).resolve().parents[1]
+PROBES_DIR = Path(__file__).resolve().parent / "probes"
+SPACES = {1: ROOT / "search_spaces" / "demo.yaml", 2: ROOT / "search_spaces" / "demo-ddp.yaml"}
+TARGET_ONE_WORKER_S = 5.0
+
+
+def tiny_search(workers: int, name: str, storage: Path, args: argparse.Namespace) -> SearchConfig:
+    """The shipped demo space for `workers`, cut to one short trial (demo evaluation settings)."""
+    overrides = [
+        f"name={name}", f"storage={storage}", "num_trials=1",
+        f"trial.steps={args.steps}", f"trial.eval_every={args.eval_every}",
+        f"trial.eval_samples={args.eval_samples}",
+    ]
+    return load_config(SearchConfig, SPACES[workers], overrides)
+
+
+@contextlib.contextmanager
+def fit_start_recorder(marks: dict[str, float]) -> Iterator[None]:
+    """Notes when `run_search` is done scoring the pretrained model, i.e. about to `fit()`."""
+    original = raygan.search.score_pretrained
+
+    def probed(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        marks["fit"] = time.time()
+        return result
+
+    raygan.search.score_pretrained = probed
+    try:
+        yield
+    finally:
+        raygan.search.score_pretrained = original
+
+
+def read_probes(file: Path, start: float, end: float) -> dict[str, list[float]]:
+    """Probe events in [start, end], as event -> list of times (one per process)."""
+    events: dict[str, list[float]] = {}
+    if not file.exists():
+        return events
+    for line in file.read_text().splitlines():
+        entry = json.loads(line)
+        if start <= entry["t"] <= end:
+            events.setdefault(entry["event"], []).append(entry["t"])
+    return events
+
+
+def tune_trial_start(experiment: Path) -> float:
+    """When Tune set the (only) trial RUNNING, from its experiment state."""
+    state_file = max(experiment.glob("experiment_state-*.json"), key=os.path.getmtime)
+    state = json.loads(state_file.read_text())
+    for trial_json, run_metadata in state["trial_data"]:
+        start = json.loads(run_metadata).get("start_time")
+        if start is not None:
+            return float(start)
+    raise RuntimeError(f"no started trial in {state_file}")
+
+
+def first_result(experiment: Path) -> dict[str, Any]:
+    result_file = next(experiment.glob("*/result.json"))
+    return json.loads(result_file.read_text().splitlines()[0])
+
+
+def measure(workers: int, rep: int, storage: Path, probes: Path,
+            args: argparse.Namespace) -> dict[str, Any]:
+    cfg = tiny_search(workers, f"overhead-{workers}w-{rep}", storage, args)
+    marks = {"call": time.time()}
+    with fit_start_recorder(marks):
+        outcome = run_search(cfg)
+    marks["end"] = time.time()
+    experiment = Path(outcome.experiment)
+    ev = read_probes(probes, marks["call"], marks["end"])
+    start = tune_trial_start(experiment)
+    result = first_result(experiment)
+    # DDP: training starts when the slowest rank takes its first step; rank 0 reports.
+    first_step = max(ev["train_step:start"])
+    step_s = statistics.median(e - s for s, e in zip(sorted(ev["train_step:start"]),
+                                                    sorted(ev["train_step:end"])))
+    return {
+        "workers": workers,
+        "rep": rep,
+        "fit_to_trial_start_s": start - marks["fit"],
+        "trial_fn_s": min(ev["trial_function:start"]) - start,
+        "load_inputs_s": max(ev["load_inputs:end"]) - start,
+        "evaluator_s": statistics.median(
+            e - s for s, e in zip(ev["evaluator_init:start"], ev["evaluator_init:end"])),
+        "first_step_s": first_step - start,
+        "first_report_s": min(ev["report:start"]) - start,
+        "step1_s": step_s,
+        "tune_time_total_s": result["time_total_s"],
+        "elapsed_s": result["elapsed_s"],
+        "search_total_s": marks["end"] - marks["call"],
+        "events": {k: [t - start for t in sorted(v)] for k, v in ev.items()},
+    }
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keys = ["fit_to_trial_start_s", "trial_fn_s", "load_inputs_s", "evaluator_s",
+            "first_step_s", "first_report_s", "step1_s", "tune_time_total_s", "elapsed_s",
+            "search_total_s"]
+    out = []
+    for workers in sorted({r["workers"] for r in rows}):
+        mine = [r for r in rows if r["workers"] == workers]
+        summary = {"workers": workers, "n": len(mine)}
+        summary.update({k: statistics.median(r[k] for r in mine) for k in keys})
+        if workers == 1:
+            summary["target_s"] = TARGET_ONE_WORKER_S
+        out.append(summary)
+    return out
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--repeats", type=int, default=2, help="searches per worker count")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2], choices=[1, 2])
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--eval-samples", type=int, default=500)
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="raygan-bench-overhead-"))
+    probes = scratch / "probes.jsonl"
+    # Inherited by the raylet and so by every worker it starts (prestarted ones included).
+    os.environ["RAYGAN_BENCH_PROBES"] = str(probes)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(PROBES_DIR), os.environ.get("PYTHONPATH")) if p)
+    t = time.time()
+    # address="local": never join another Ray cluster running on this shared machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray_init_s = time.time() - t
+    rows = []
+    try:
+        for rep in range(args.repeats):
+            order = args.workers if rep % 2 == 0 else list(reversed(args.workers))
+            for workers in order:
+                rows.append(measure(workers, rep, scratch / "runs", probes, args))
+                print_table([{k: v for k, v in rows[-1].items() if k != "events"}])
+    finally:
+        ray.shutdown()
+    summary = summarise(rows)
+    print(f"\nray.init: {ray_init_s:.1f} s (once per search, not per trial)")
+    print("seconds from Tune's trial start (medians):")
+    print_table(summary)
+    settings = {**vars(args), "ray_init_s": ray_init_s}
+    print("wrote", write_results("trial_overhead", settings, summary, runs=rows))
+
+
+if __name__ == "__main__":
+    main()
