@@ -71,23 +71,38 @@ def fit_start_recorder(marks: dict[str, float]) -> Iterator[None]:
         raygan.search.score_pretrained = original
 
 
-def read_probes(file: Path, start: float, end: float) -> dict[str, list[float]]:
-    """Probe events in [start, end], as event -> list of times (one per process)."""
-    events: dict[str, list[float]] = {}
+Event = tuple[str, float, int]  # (name, unix time, pid)
+
+
+def read_probes(file: Path, start: float, end: float) -> list[Event]:
+    """Probe events of every process between `start` and `end`."""
     if not file.exists():
-        return events
-    for line in file.read_text().splitlines():
-        entry = json.loads(line)
-        if start <= entry["t"] <= end:
-            events.setdefault(entry["event"], []).append(entry["t"])
-    return events
+        return []
+    entries = [json.loads(line) for line in file.read_text().splitlines()]
+    return sorted((e["event"], e["t"], e["pid"]) for e in entries if start <= e["t"] <= end)
+
+
+def times(events: list[Event], name: str) -> list[float]:
+    return sorted(t for n, t, _ in events if n == name)
+
+
+def durations(events: list[Event], name: str) -> list[float]:
+    """Per process: first `<name>:end` minus first `<name>:start`."""
+    starts: dict[int, float] = {}
+    ends: dict[int, float] = {}
+    for n, t, pid in events:
+        if n == f"{name}:start":
+            starts.setdefault(pid, t)
+        elif n == f"{name}:end":
+            ends.setdefault(pid, t)
+    return [ends[pid] - starts[pid] for pid in starts if pid in ends]
 
 
 def tune_trial_start(experiment: Path) -> float:
-    """When Tune set the (only) trial RUNNING, from its experiment state."""
+    """When Tune marked the (only) trial RUNNING, from its experiment state."""
     state_file = max(experiment.glob("experiment_state-*.json"), key=os.path.getmtime)
     state = json.loads(state_file.read_text())
-    for trial_json, run_metadata in state["trial_data"]:
+    for _, run_metadata in state["trial_data"]:
         start = json.loads(run_metadata).get("start_time")
         if start is not None:
             return float(start)
@@ -101,48 +116,50 @@ def first_result(experiment: Path) -> dict[str, Any]:
 
 def measure(workers: int, rep: int, storage: Path, probes: Path,
             args: argparse.Namespace) -> dict[str, Any]:
+    """One one-trial search; times in seconds from the `Tuner.fit()` call."""
     cfg = tiny_search(workers, f"overhead-{workers}w-{rep}", storage, args)
     marks = {"call": time.time()}
     with fit_start_recorder(marks):
         outcome = run_search(cfg)
     marks["end"] = time.time()
     experiment = Path(outcome.experiment)
-    ev = read_probes(probes, marks["call"], marks["end"])
-    start = tune_trial_start(experiment)
+    events = read_probes(probes, marks["fit"], marks["end"])
+    fit = marks["fit"]
     result = first_result(experiment)
-    # DDP: training starts when the slowest rank takes its first step; rank 0 reports.
-    first_step = max(ev["train_step:start"])
-    step_s = statistics.median(e - s for s, e in zip(sorted(ev["train_step:start"]),
-                                                    sorted(ev["train_step:end"])))
     return {
         "workers": workers,
         "rep": rep,
-        "fit_to_trial_start_s": start - marks["fit"],
-        "trial_fn_s": min(ev["trial_function:start"]) - start,
-        "load_inputs_s": max(ev["load_inputs:end"]) - start,
-        "evaluator_s": statistics.median(
-            e - s for s, e in zip(ev["evaluator_init:start"], ev["evaluator_init:end"])),
-        "first_step_s": first_step - start,
-        "first_report_s": min(ev["report:start"]) - start,
-        "step1_s": step_s,
+        "new_processes": len(times(events, "process:start")),
+        "import_raygan_s": max(durations(events, "import_raygan"), default=0.0),
+        "tune_running_s": tune_trial_start(experiment) - fit,
+        "trial_fn_s": times(events, "trial_function:start")[0] - fit,
+        "worker_inputs_s": times(events, "load_inputs:start")[-1] - fit,
+        "evaluator_s": max(durations(events, "evaluator_init")),
+        # DDP trains once the slowest rank takes its first step; rank 0 reports first.
+        "first_step_s": times(events, "train_step:start")[-1] - fit,
+        "first_report_s": times(events, "report:start")[0] - fit,
+        "step1_s": max(durations(events, "train_step")),
         "tune_time_total_s": result["time_total_s"],
         "elapsed_s": result["elapsed_s"],
         "search_total_s": marks["end"] - marks["call"],
-        "events": {k: [t - start for t in sorted(v)] for k, v in ev.items()},
+        "before_fit_s": fit - marks["call"],
+        "events": [(n, t - fit, pid) for n, t, pid in events],
     }
 
 
+COLUMNS = ["new_processes", "import_raygan_s", "tune_running_s", "trial_fn_s",
+           "worker_inputs_s", "evaluator_s", "first_step_s", "first_report_s", "step1_s",
+           "tune_time_total_s", "elapsed_s", "before_fit_s", "search_total_s"]
+
+
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    keys = ["fit_to_trial_start_s", "trial_fn_s", "load_inputs_s", "evaluator_s",
-            "first_step_s", "first_report_s", "step1_s", "tune_time_total_s", "elapsed_s",
-            "search_total_s"]
     out = []
     for workers in sorted({r["workers"] for r in rows}):
         mine = [r for r in rows if r["workers"] == workers]
-        summary = {"workers": workers, "n": len(mine)}
-        summary.update({k: statistics.median(r[k] for r in mine) for k in keys})
+        summary: dict[str, Any] = {"workers": workers, "n": len(mine)}
+        summary.update({k: statistics.median(r[k] for r in mine) for k in COLUMNS})
         if workers == 1:
-            summary["target_s"] = TARGET_ONE_WORKER_S
+            summary["target_first_step_s"] = TARGET_ONE_WORKER_S
         out.append(summary)
     return out
 
@@ -180,7 +197,7 @@ def main() -> None:
         ray.shutdown()
     summary = summarise(rows)
     print(f"\nray.init: {ray_init_s:.1f} s (once per search, not per trial)")
-    print("seconds from Tune's trial start (medians):")
+    print("seconds from the Tuner.fit() call (medians):")
     print_table(summary)
     settings = {**vars(args), "ray_init_s": ray_init_s}
     print("wrote", write_results("trial_overhead", settings, summary, runs=rows))

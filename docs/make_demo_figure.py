@@ -23,7 +23,9 @@ PER_CLASS = 2
 
 def real_row(spec: str) -> torch.Tensor:
     data = load_dataset(spec, 64)
-    picks = [i for c in range(10) for i in (data.labels == c).nonzero().flatten()[:PER_CLASS].tolist()]
+    picks = [
+        i for c in range(10) for i in (data.labels == c).nonzero().flatten()[:PER_CLASS].tolist()
+    ]
     return data.batch(torch.tensor(picks))[0].add(1).div(2)
 
 
@@ -44,7 +46,7 @@ def main(export: str) -> None:
     w, h = grids[0].shape[2], grids[0].shape[1]
     canvas = Image.new("RGB", (w, (h + label_h) * len(grids)), "white")
     draw = ImageDraw.Draw(canvas)
-    for i, (title, grid) in enumerate(zip(rows, grids)):
+    for i, (title, grid) in enumerate(zip(rows, grids, strict=True)):
         top = i * (h + label_h)
         draw.text((4, top + 3), title, fill="black")
         array = grid.mul(255).round().byte().permute(1, 2, 0).numpy()

@@ -174,7 +174,9 @@ def _torch_load(file: Path) -> Any:
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad or unsafe files
-        raise CheckpointError(f"{file}: cannot be loaded safely ({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"{file}: cannot be loaded safely ({type(e).__name__}: {e})"
+        ) from None
 
 
 def load_state_dict_file(file: Path) -> Checkpoint:

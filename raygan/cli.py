@@ -16,9 +16,14 @@ def _finetune(args: argparse.Namespace) -> int:
 
     cfg = load_config(FinetuneConfig, args.config, args.set)
     result = finetune(cfg, resume_from=args.resume)
-    print(f"{result.status} at step {result.step}" + (f": {result.reason}" if result.reason else ""))
+    print(
+        f"{result.status} at step {result.step}" + (f": {result.reason}" if result.reason else "")
+    )
     if result.best:
-        print(f"best fid {result.best['fid']:.3f} at step {result.best['step']}: {result.best_checkpoint}")
+        print(
+            f"best fid {result.best['fid']:.3f} at step {result.best['step']}: "
+            f"{result.best_checkpoint}"
+        )
     return 0 if result.status == "completed" else 1
 
 
@@ -87,8 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="run a hyperparameter search (the main job)")
     p.add_argument("search", help="search space YAML, e.g. search_spaces/demo.yaml")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field, e.g. num_trials=4 or trial.steps=200")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field, e.g. num_trials=4 or trial.steps=200",
+    )
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local one)")
     p.add_argument("--storage", help="experiments root: a path, shared mount or s3://... URI")
     p.add_argument("--name", help="experiment name (default: the file's `name`)")

@@ -147,7 +147,17 @@ def load_config(cls: type[Model], path: str | Path | None, overrides: list[str])
 
 # ---- search spaces -----------------------------------------------------------------------
 
-SEARCHABLE = ("lr", "lr_g", "lr_d", "beta1", "beta2", "freeze_g", "freeze_d", "augment", "batch_size")
+SEARCHABLE = (
+    "lr",
+    "lr_g",
+    "lr_d",
+    "beta1",
+    "beta2",
+    "freeze_g",
+    "freeze_d",
+    "augment",
+    "batch_size",
+)
 
 
 class IntRange(Strict):
@@ -218,7 +228,9 @@ class SearchConfig(Strict):
                 try:
                     TrialConfig.model_validate({**self.trial.model_dump(), name: value})
                 except ValidationError as e:
-                    raise ValueError(f"space.{name}: value {value!r} is invalid: {describe(e)}") from None
+                    raise ValueError(
+                        f"space.{name}: value {value!r} is invalid: {describe(e)}"
+                    ) from None
         if self.seed_recipe:
             try:
                 TrialConfig.model_validate({**self.trial.model_dump(), **self.seed_recipe})

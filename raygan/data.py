@@ -88,7 +88,7 @@ def load_dataset(source: str | Path, resolution: int, skip_corrupt: bool = False
 def load_demo(spec: str, resolution: int) -> LabeledImages:
     from raygan.demo_domains import CLASS_NAMES, make_domain
 
-    parts = spec[len(DEMO_PREFIX):].split(":")
+    parts = spec[len(DEMO_PREFIX) :].split(":")
     domain = parts[0]
     if domain not in DEMO_SIZES or len(parts) > 2:
         raise DataError(f"unknown demo data set {spec!r}: use demo:source or demo:target[:N]")
@@ -132,7 +132,8 @@ def _zip_records(path: Path) -> list[Record]:
     except zipfile.BadZipFile:
         raise DataError(f"{path}: not a valid zip file") from None
     names = [
-        n for n in archive.namelist()
+        n
+        for n in archive.namelist()
         if not n.endswith("/") and not any(_is_hidden(p) for p in PurePosixPath(n).parts)
     ]
     parts = [PurePosixPath(n).parts for n in names]
@@ -140,7 +141,7 @@ def _zip_records(path: Path) -> list[Record]:
     if parts and all(len(p) >= 3 for p in parts) and len({p[0] for p in parts}) == 1:
         parts = [p[1:] for p in parts]
     records: list[Record] = []
-    for name, p in zip(names, parts):
+    for name, p in zip(names, parts, strict=True):
         if len(p) < 2:
             raise DataError(f"{path}: {name} is not inside a class folder")
         records.append((p[0], f"{path}:{name}", lambda n=name: archive.read(n)))
@@ -205,7 +206,9 @@ def _load_parquet(path: Path, resolution: int, skip_corrupt: bool) -> LabeledIma
     labels = [str(v) for v in table.column("label").to_pylist()]
     metadata = table.schema.metadata or {}
     class_names = (
-        json.loads(metadata[CLASS_NAMES_KEY]) if CLASS_NAMES_KEY in metadata else sorted(set(labels))
+        json.loads(metadata[CLASS_NAMES_KEY])
+        if CLASS_NAMES_KEY in metadata
+        else sorted(set(labels))
     )
     unknown = sorted(set(labels) - set(class_names))
     if unknown:
@@ -213,7 +216,7 @@ def _load_parquet(path: Path, resolution: int, skip_corrupt: bool) -> LabeledIma
     images = table.column("image").to_pylist()
     records = [
         (label, f"{path} row {i}", lambda b=blob: _row_bytes(b))
-        for i, (label, blob) in enumerate(zip(labels, images))
+        for i, (label, blob) in enumerate(zip(labels, images, strict=True))
     ]
     if len(class_names) < 2:
         raise DataError(f"{path}: found a single class {class_names}; need at least 2")
@@ -255,7 +258,9 @@ def prepare(src: str | Path, out: str | Path, skip_corrupt: bool = False) -> int
     return len(rows)
 
 
-def _checked_rows(records: list[Record], skip_corrupt: bool, source: str) -> list[tuple[str, bytes]]:
+def _checked_rows(
+    records: list[Record], skip_corrupt: bool, source: str
+) -> list[tuple[str, bytes]]:
     rows, skipped = [], 0
     for class_name, display, read in records:
         data = read()

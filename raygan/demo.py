@@ -39,5 +39,8 @@ def build_demo_base(out: Path) -> Path:
     from raygan.pretrain import pretrain
 
     log.warning("no demo base model found; pretraining one on demo:source (once) into %s", out)
-    return pretrain(DEMO_PRETRAIN.model_copy(update={"output": str(out.parent / ".demo-base-run")}),
-                    export_to=out, progress=True)
+    return pretrain(
+        DEMO_PRETRAIN.model_copy(update={"output": str(out.parent / ".demo-base-run")}),
+        export_to=out,
+        progress=True,
+    )

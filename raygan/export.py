@@ -29,15 +29,27 @@ from raygan.checkpoint import SIDECAR, _replace_dir, load_checkpoint
 from raygan.errors import CheckpointError, ConfigError
 from raygan.model import Generator, one_hot
 
-TRIAL_COLUMNS = ("fid", "objective", "collapse", "kid", "precision", "recall", "density",
-                 "coverage", "class_accuracy")
+TRIAL_COLUMNS = (
+    "fid",
+    "objective",
+    "collapse",
+    "kid",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "class_accuracy",
+)
 
 
 def find_checkpoints(experiment: Path) -> list[tuple[float, Path, dict[str, Any]]]:
     """(objective, checkpoint dir, state) of every evaluated checkpoint in the experiment."""
     found = []
     for sidecar in experiment.rglob(SIDECAR):
-        if any(part.startswith(".") or part == "export" for part in sidecar.relative_to(experiment).parts):
+        if any(
+            part.startswith(".") or part == "export"
+            for part in sidecar.relative_to(experiment).parts
+        ):
             continue  # temporary writes and earlier exports
         try:
             state = json.loads(sidecar.read_text()).get("state", {})
@@ -53,12 +65,16 @@ def read_trials(experiment: Path, steps: int | None = None) -> list[dict[str, An
     """One row per Tune trial, from the result.json files Tune writes."""
     rows = []
     for result_file in sorted(experiment.glob("*/result.json")):
-        reports = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        reports = [
+            json.loads(line) for line in result_file.read_text().splitlines() if line.strip()
+        ]
         evaluations = [r for r in reports if "objective" in r]
         params_file = result_file.parent / "params.json"
         params = json.loads(params_file.read_text()) if params_file.exists() else {}
-        row: dict[str, Any] = {"trial_id": reports[0].get("trial_id", "") if reports else "",
-                               "trial_dir": result_file.parent.name}
+        row: dict[str, Any] = {
+            "trial_id": reports[0].get("trial_id", "") if reports else "",
+            "trial_dir": result_file.parent.name,
+        }
         row.update({f"param_{k}": v for k, v in sorted(params.items())})
         row["evaluations"] = len(evaluations)
         row["restarts"] = max(0, sum(r.get("iterations_since_restore") == 1 for r in reports) - 1)
@@ -95,7 +111,11 @@ def trial_status(trial_dir: Path, evaluations: list[dict], steps: int | None) ->
 
 def write_trials_table(rows: list[dict[str, Any]], out: Path) -> None:
     columns = sorted({k for row in rows for k in row}, key=lambda k: (not k.startswith("trial"), k))
-    table = pa.table({c: [_cell(row.get(c)) for row in rows] for c in columns}) if rows else pa.table({})
+    table = (
+        pa.table({c: [_cell(row.get(c)) for row in rows] for c in columns})
+        if rows
+        else pa.table({})
+    )
     pq.write_table(table, out)
 
 
@@ -112,16 +132,23 @@ def sample_images(generator: Generator, label: int, n: int, seed: int = 0) -> to
 
 
 def class_grid(generator: Generator, per_class: int = 8) -> torch.Tensor:
-    return torch.cat([sample_images(generator, c, per_class, seed=c) for c in range(generator.cfg.num_classes)])
+    return torch.cat(
+        [sample_images(generator, c, per_class, seed=c) for c in range(generator.cfg.num_classes)]
+    )
 
 
 def export_program(generator: Generator, out: Path) -> None:
     """A torch.export program of G(z, y_onehot) with a dynamic batch size, for serving
     without raygan (TorchScript is deprecated in current PyTorch)."""
     cfg = generator.cfg
-    example = (torch.randn(2, cfg.latent_dim), one_hot(torch.arange(2) % cfg.num_classes, cfg.num_classes))
+    example = (
+        torch.randn(2, cfg.latent_dim),
+        one_hot(torch.arange(2) % cfg.num_classes, cfg.num_classes),
+    )
     batch = torch.export.Dim("batch", min=1, max=65536)
-    program = torch.export.export(generator.eval(), example, dynamic_shapes=({0: batch}, {0: batch}))
+    program = torch.export.export(
+        generator.eval(), example, dynamic_shapes=({0: batch}, {0: batch})
+    )
     torch.export.save(program, out)
 
 
@@ -168,26 +195,29 @@ def export_best(experiment: str | Path, out: str | Path) -> Path:
 
 def model_card(best: dict[str, Any], model: dict[str, Any], trials: int) -> str:
     m, h = best["metrics"], best["hyperparameters"]
-    searched = ", ".join(f"{k}={h.get(k)}" for k in ("lr", "beta1", "freeze_g", "freeze_d", "augment"))
+    searched = ", ".join(
+        f"{k}={h.get(k)}" for k in ("lr", "beta1", "freeze_g", "freeze_d", "augment")
+    )
     return f"""# raygan export
 
 Class-conditional GAN generator fine-tuned by a raygan search ({trials} trials); this is the
-best checkpoint over all evaluations of all trials (trial `{best['trial_id']}`, step {best['step']}).
+best checkpoint over all evaluations of all trials
+(trial `{best["trial_id"]}`, step {best["step"]}).
 
 - Architecture: {model}
-- Classes: {', '.join(best['class_names'])}
+- Classes: {", ".join(best["class_names"])}
 - Hyperparameters: {searched}
-- Metrics (generated vs real training data): FID {m.get('fid', float('nan')):.3f},
-  collapse {m.get('collapse', float('nan')):.3f}, coverage {m.get('coverage', float('nan')):.3f},
-  precision {m.get('precision', float('nan')):.3f}, recall {m.get('recall', float('nan')):.3f},
-  class accuracy {m.get('class_accuracy', float('nan')):.3f}
-- Objective: FID x (1 + collapse) = {best['objective']:.3f}
+- Metrics (generated vs real training data): FID {m.get("fid", float("nan")):.3f},
+  collapse {m.get("collapse", float("nan")):.3f}, coverage {m.get("coverage", float("nan")):.3f},
+  precision {m.get("precision", float("nan")):.3f}, recall {m.get("recall", float("nan")):.3f},
+  class accuracy {m.get("class_accuracy", float("nan")):.3f}
+- Objective: FID x (1 + collapse) = {best["objective"]:.3f}
 
 ## Use
-    raygan sample EXPORT_DIR --class {best['class_names'][0]} -n 16 -o samples.png
+    raygan sample EXPORT_DIR --class {best["class_names"][0]} -n 16 -o samples.png
 
 or without raygan: `torch.export.load("generator.pt2").module()(z, y_onehot)` with z ~ N(0, I)
-of size {model['latent_dim']} and y one-hot over {model['num_classes']} classes; output in [-1, 1].
+of size {model["latent_dim"]} and y one-hot over {model["num_classes"]} classes; output in [-1, 1].
 
 ## Limits
 FID here uses the feature extractor named in the hyperparameters (the default is a small
@@ -195,7 +225,9 @@ classifier trained on the target data), so it is comparable within this search o
 """
 
 
-def sample_to_file(export_dir: str | Path, class_name: str, n: int, out: str | Path, seed: int = 0) -> Path:
+def sample_to_file(
+    export_dir: str | Path, class_name: str, n: int, out: str | Path, seed: int = 0
+) -> Path:
     ckpt = load_checkpoint(export_dir)
     if class_name not in ckpt.class_names:
         raise ConfigError(f"unknown class {class_name!r}; the model knows {ckpt.class_names}")

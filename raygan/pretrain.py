@@ -17,7 +17,9 @@ from raygan.trial import run_trial
 
 def initial_checkpoint(cfg: PretrainConfig, class_names: list[str]) -> Checkpoint:
     torch.manual_seed(cfg.seed)
-    model = ModelConfig(num_classes=len(class_names), resolution=cfg.resolution, channels=cfg.channels)
+    model = ModelConfig(
+        num_classes=len(class_names), resolution=cfg.resolution, channels=cfg.channels
+    )
     g, d = build_models(model)
     return Checkpoint(model, class_names, g.state_dict(), d.state_dict(), state={"step": 0})
 

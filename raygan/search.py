@@ -40,6 +40,7 @@ TRAIN_DRIVER_RESOURCES = {"CPU": 0, "memory": 2**20}
 
 # ---- before any trial starts -------------------------------------------------------------
 
+
 def preflight(cfg: SearchConfig) -> LabeledImages:
     """Load and cross-check data, base model and space, so bad input fails in seconds."""
     base = load_base(cfg.base)
@@ -96,7 +97,19 @@ def check_resources(cfg: SearchConfig) -> int:
     return max(1, min(fit, cfg.max_concurrent or fit))
 
 
-SHARED_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "ceph", "glusterfs", "lustre", "fuse", "9p", "gpfs", "beegfs")
+SHARED_FILESYSTEMS = (
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "ceph",
+    "glusterfs",
+    "lustre",
+    "fuse",
+    "9p",
+    "gpfs",
+    "beegfs",
+)
 
 
 def is_shared_path(path: Path) -> bool:
@@ -130,6 +143,7 @@ def storage_root(storage: str) -> str:
 
 
 # ---- the search space ----------------------------------------------------------------------
+
 
 def param_space(cfg: SearchConfig) -> dict[str, Any]:
     space = {}
@@ -165,6 +179,7 @@ def evaluations_per_trial(trial: TrialConfig) -> int:
 
 
 # ---- inside a trial ------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class TrialContext:
@@ -207,7 +222,9 @@ def run_in_trial_process(params: dict[str, Any], ctx: TrialContext) -> None:
 
     trial_log = TrialLog(Path(ctx.tensorboard_root) / trial_id, cfg.model_dump())
     try:
-        run_trial(cfg, base, data, scratch, report, resume_from=resume, log=trial_log, run_id=trial_id)
+        run_trial(
+            cfg, base, data, scratch, report, resume_from=resume, log=trial_log, run_id=trial_id
+        )
     finally:
         trial_log.close()
         shutil.rmtree(scratch, ignore_errors=True)
@@ -256,17 +273,29 @@ def ddp_worker_loop(config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
 
     def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        checkpoint = (
+            ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        )
         ray.train.report(metrics, checkpoint=checkpoint)
         if checkpoint_dir:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
     trial_log = (
-        TrialLog(Path(ctx.tensorboard_root) / config["trial_id"], cfg.model_dump()) if rank == 0 else None
+        TrialLog(Path(ctx.tensorboard_root) / config["trial_id"], cfg.model_dump())
+        if rank == 0
+        else None
     )
     try:
-        run_trial(cfg, base, data, scratch, report, resume_from=resume, log=trial_log,
-                  run_id=config["trial_id"])
+        run_trial(
+            cfg,
+            base,
+            data,
+            scratch,
+            report,
+            resume_from=resume,
+            log=trial_log,
+            run_id=config["trial_id"],
+        )
     finally:
         if trial_log:
             trial_log.close()
@@ -274,6 +303,7 @@ def ddp_worker_loop(config: dict[str, Any]) -> None:
 
 
 # ---- the driver ----------------------------------------------------------------------------
+
 
 def trainable_for(cfg: SearchConfig, ctx: TrialContext) -> Any:
     resources = (
@@ -344,7 +374,10 @@ class SearchOutcome:
 
 
 def run_search(
-    cfg: SearchConfig, address: str | None = None, storage: str | None = None, resume: str | None = None
+    cfg: SearchConfig,
+    address: str | None = None,
+    storage: str | None = None,
+    resume: str | None = None,
 ) -> SearchOutcome:
     """Run (or resume) the search, export the best model and summarise.
 
@@ -374,7 +407,9 @@ def run_search(
     pretrained = score_pretrained(cfg, data, Path(experiment)) if local else {"fid": math.nan}
     tuner.fit()
     if not local:
-        return SearchOutcome(experiment, None, "export: sync the experiment locally, then `raygan export`")
+        return SearchOutcome(
+            experiment, None, "export: sync the experiment locally, then `raygan export`"
+        )
     export = export_best(experiment, Path(experiment) / "export")
     rows = read_trials(Path(experiment), cfg.trial.steps)
     return SearchOutcome(experiment, export, format_summary(rows, cfg, pretrained, export))

@@ -34,9 +34,7 @@ def score_pretrained(cfg: SearchConfig, data: LabeledImages, experiment: Path) -
 
 def is_seed_trial(row: dict[str, Any], cfg: SearchConfig) -> bool:
     recipe = {k: v for k, v in (cfg.seed_recipe or {}).items() if k in cfg.space}
-    return bool(recipe) and all(
-        _close(row.get(f"param_{k}"), v) for k, v in recipe.items()
-    )
+    return bool(recipe) and all(_close(row.get(f"param_{k}"), v) for k, v in recipe.items())
 
 
 def _close(a: Any, b: Any) -> bool:
@@ -46,7 +44,11 @@ def _close(a: Any, b: Any) -> bool:
 
 
 def format_summary(
-    rows: list[dict[str, Any]], cfg: SearchConfig, pretrained: dict[str, Any], export: Path, top: int = 5
+    rows: list[dict[str, Any]],
+    cfg: SearchConfig,
+    pretrained: dict[str, Any],
+    export: Path,
+    top: int = 5,
 ) -> str:
     ranked = sorted(
         (r for r in rows if r.get("best_objective") is not None),
@@ -56,15 +58,25 @@ def format_summary(
     header = ["trial", *names, "status", "evals", "best fid", "collapse", "objective"]
     lines = [" | ".join(header)]
     for row in ranked[:top]:
-        values = [row["trial_id"], *(_fmt(row.get(f"param_{n}")) for n in names), row["status"],
-                  str(row["evaluations"]), _fmt(row["best_fid"]), _fmt(row["best_collapse"]),
-                  _fmt(row["best_objective"])]
+        values = [
+            row["trial_id"],
+            *(_fmt(row.get(f"param_{n}")) for n in names),
+            row["status"],
+            str(row["evaluations"]),
+            _fmt(row["best_fid"]),
+            _fmt(row["best_collapse"]),
+            _fmt(row["best_objective"]),
+        ]
         lines.append(" | ".join(values))
     out = ["", f"Top trials ({len(ranked)} of {len(rows)} scored):", *lines]
     if ranked:
         best = ranked[0]
-        out.append("Best parameters: " + ", ".join(f"{n}={_fmt(best.get(f'param_{n}'))}" for n in names))
-        seed = next((r for r in rows if is_seed_trial(r, cfg) and r.get("best_fid") is not None), None)
+        out.append(
+            "Best parameters: " + ", ".join(f"{n}={_fmt(best.get(f'param_{n}'))}" for n in names)
+        )
+        seed = next(
+            (r for r in rows if is_seed_trial(r, cfg) and r.get("best_fid") is not None), None
+        )
         out.append(
             f"FID: best trial {_fmt(best['best_fid'])} | seed recipe "
             f"{_fmt(seed['best_fid']) if seed else 'n/a'} | pretrained (before fine-tuning) "

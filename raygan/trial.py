@@ -181,7 +181,9 @@ def run_trial(
     m = build_models(cfg, base, device)
     start = resume_state(m, resume_from)
     evaluator = (
-        Evaluator(data, cfg.eval_samples, cfg.feature_extractor, cfg.inception_weights, device=device)
+        Evaluator(
+            data, cfg.eval_samples, cfg.feature_extractor, cfg.inception_weights, device=device
+        )
         if rank == 0
         else None
     )
@@ -243,8 +245,17 @@ def run_trial(
         if not all(math.isfinite(v) for v in losses.values()):
             result.status, result.reason = "diverged", f"non-finite loss at step {step}: {losses}"
             # inf objective keeps schedulers that require the metric satisfied
-            report({"step": step, **losses, "fid": math.inf, "objective": math.inf,
-                    "trial_status": "diverged", "stop_reason": result.reason}, None)
+            report(
+                {
+                    "step": step,
+                    **losses,
+                    "fid": math.inf,
+                    "objective": math.inf,
+                    "trial_status": "diverged",
+                    "stop_reason": result.reason,
+                },
+                None,
+            )
             break
         if due_eval:
             stop = evaluate_and_report(step, losses)

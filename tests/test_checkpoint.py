@@ -67,12 +67,16 @@ def test_architecture_mismatch_names_the_tensor_and_both_shapes(tiny_base, saved
     sidecar = json.loads((saved / "raygan.json").read_text())
     sidecar["model"]["channels"] = 8
     (saved / "raygan.json").write_text(json.dumps(sidecar))
-    with pytest.raises(CheckpointError, match=r"generator tensor .* has shape .* but .* in the model"):
+    with pytest.raises(
+        CheckpointError, match=r"generator tensor .* has shape .* but .* in the model"
+    ):
         load_checkpoint(saved).build()
 
 
 def test_class_count_mismatch_names_both_sides(tiny_base):
-    with pytest.raises(CheckpointError, match=r"checkpoint has 10 classes .* data set my-data has 3"):
+    with pytest.raises(
+        CheckpointError, match=r"checkpoint has 10 classes .* data set my-data has 3"
+    ):
         check_matches_data(tiny_base, ["a", "b", "c"], "my-data")
 
 
@@ -115,6 +119,8 @@ def test_sidecar_with_wrong_class_name_count_is_rejected(saved):
 
 
 def test_checkpoint_dataclass_builds_fresh_models(tiny_base):
-    copy = Checkpoint(tiny_base.model, tiny_base.class_names, tiny_base.generator, tiny_base.discriminator)
+    copy = Checkpoint(
+        tiny_base.model, tiny_base.class_names, tiny_base.generator, tiny_base.discriminator
+    )
     g, _ = copy.build()
     assert g.cfg == tiny_base.model

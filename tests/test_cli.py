@@ -14,11 +14,25 @@ def test_finetune_prints_a_progress_line_per_evaluation_and_saves_checkpoints(
 ):
     base = save_checkpoint(tiny_base, tmp_path / "base")
     out = tmp_path / "run"
-    code = main([
-        "finetune", "--set", f"base={base}", "--set", "data=demo:target:200",
-        "--set", f"output={out}", "--set", "steps=4", "--set", "eval_every=2",
-        "--set", "batch_size=8", "--set", "eval_samples=40",
-    ])
+    code = main(
+        [
+            "finetune",
+            "--set",
+            f"base={base}",
+            "--set",
+            "data=demo:target:200",
+            "--set",
+            f"output={out}",
+            "--set",
+            "steps=4",
+            "--set",
+            "eval_every=2",
+            "--set",
+            "batch_size=8",
+            "--set",
+            "eval_samples=40",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     progress = [line for line in printed.splitlines() if line.startswith("step")]
@@ -33,7 +47,10 @@ def test_finetune_prints_a_progress_line_per_evaluation_and_saves_checkpoints(
     "argv, message",
     [
         (["finetune", "--set", "lr=-1"], "field 'lr'"),
-        (["finetune", "--set", "base=/nonexistent/ckpt"], "checkpoint not found: /nonexistent/ckpt"),
+        (
+            ["finetune", "--set", "base=/nonexistent/ckpt"],
+            "checkpoint not found: /nonexistent/ckpt",
+        ),
         (["finetune", "--set", "data=/nonexistent/data"], "data set not found: /nonexistent/data"),
         (["tune", "/nonexistent/search.yaml"], "config file not found"),
         (["prepare", "/nonexistent", "out.parquet"], "data set not found"),
@@ -41,15 +58,22 @@ def test_finetune_prints_a_progress_line_per_evaluation_and_saves_checkpoints(
     ],
 )
 def test_bad_input_is_one_line_on_stderr_and_exit_code_2(argv, message):
-    proc = subprocess.run([sys.executable, "-m", "raygan", *argv], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "raygan", *argv], capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("raygan: error:") and message in lines[0], proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("raygan: error:") and message in lines[0], (
+        proc.stderr
+    )
 
 
 def test_sample_rejects_unknown_class_with_the_known_ones(tiny_base, tmp_path, capsys):
     export = save_checkpoint(tiny_base, tmp_path / "export")
     assert main(["sample", str(export), "--class", "dragon", "-o", str(tmp_path / "x.png")]) == 2
     assert "unknown class 'dragon'" in capsys.readouterr().err
-    assert main(["sample", str(export), "--class", "star", "-n", "4", "-o", str(tmp_path / "x.png")]) == 0
+    assert (
+        main(["sample", str(export), "--class", "star", "-n", "4", "-o", str(tmp_path / "x.png")])
+        == 0
+    )
     assert (tmp_path / "x.png").stat().st_size > 0

@@ -33,8 +33,14 @@ def worker(rank: int, world: int, port: int, base_dir: str, out_dir: str, cache:
         data = load_dataset("demo:target:200", 32)
         base = load_checkpoint(base_dir)
         cfg = TrialConfig(
-            steps=6, batch_size=8, lr=5e-3, freeze_d=1, eval_every=3, eval_samples=40,
-            eval_at_start=False, seed=3,
+            steps=6,
+            batch_size=8,
+            lr=5e-3,
+            freeze_d=1,
+            eval_every=3,
+            eval_samples=40,
+            eval_at_start=False,
+            seed=3,
         )
         # The whole loop: every rank reports rank 0's metrics at each evaluation.
         reports = []
@@ -54,8 +60,14 @@ def worker(rank: int, world: int, port: int, base_dir: str, out_dir: str, cache:
         losses = [torch.empty(1) for _ in range(world)]
         dist.all_gather(losses, loss_d.reshape(1))
         if rank == 0:
-            torch.save({"weights": gathered, "losses": losses, "moved": float((after - before).abs().max())},
-                       os.path.join(out_dir, "gathered.pt"))
+            torch.save(
+                {
+                    "weights": gathered,
+                    "losses": losses,
+                    "moved": float((after - before).abs().max()),
+                },
+                os.path.join(out_dir, "gathered.pt"),
+            )
     finally:
         dist.destroy_process_group()
 

@@ -57,22 +57,32 @@ def session_pids(sid: int) -> list[int]:
     return pids
 
 
+def signal_quietly(kill, target: int, sig: signal.Signals) -> None:
+    try:
+        kill(target, sig)
+    except ProcessLookupError:
+        pass
+
+
+def session_ended(proc: subprocess.Popen, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        proc.poll()  # reap `ray start` itself
+        if not session_pids(proc.pid):
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def stop_head(proc: subprocess.Popen, grace_s: float = 20) -> None:
     """End the head we started, and only it: SIGTERM to its process group, then SIGKILL to
     whatever of its session is left after `grace_s` (Ray puts each worker in its own group)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = [proc.pid] if sig == signal.SIGTERM else session_pids(proc.pid)
-        for pid in pids:
-            try:
-                os.killpg(pid, sig) if pid == proc.pid else os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            proc.poll()  # reap `ray start` itself
-            if not session_pids(proc.pid):
-                return
-            time.sleep(0.5)
+    signal_quietly(os.killpg, proc.pid, signal.SIGTERM)
+    if session_ended(proc, grace_s):
+        return
+    for pid in session_pids(proc.pid):
+        signal_quietly(os.kill, pid, signal.SIGKILL)
+    session_ended(proc, grace_s)
 
 
 @dataclass
@@ -145,7 +155,7 @@ def wait_for_jobs_api(head: Head, proc: subprocess.Popen, timeout_s: float = 120
 
 def ray_job(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([RAY, "job", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, check=False)
 
 
 def runtime_env_setup_log(head: Head) -> str:

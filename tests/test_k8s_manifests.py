@@ -173,7 +173,7 @@ def _list_map_keys_are_unique(validator, keys, instance, schema):
         key = tuple(item.get(k) for k in keys)
         if key in seen:
             yield jsonschema.ValidationError(
-                f"duplicate list entry {dict(zip(keys, key))} (items {seen[key]} and {i})"
+                f"duplicate list entry {dict(zip(keys, key, strict=True))} (items {seen[key]} and {i})"
             )
         seen[key] = i
 

@@ -10,7 +10,7 @@ from raygan.metrics.features import build_extractor, cache_dir
 
 
 def scipy_fid(a: np.ndarray, b: np.ndarray) -> float:
-    """The reference formula (Heusel et al. 2017) with scipy's sqrtm, independent of torchmetrics."""
+    """The reference formula (Heusel et al. 2017) with scipy's sqrtm, not torchmetrics."""
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     covmean = scipy.linalg.sqrtm(s1 @ s2).real

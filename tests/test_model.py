@@ -56,8 +56,14 @@ def snapshot(state):
 
 def test_frozen_blocks_do_not_change_and_the_rest_trains(tiny_data, tiny_base, tmp_path):
     cfg = TrialConfig(
-        steps=5, batch_size=8, lr=1e-2, freeze_g=2, freeze_d=3, eval_every=5,
-        eval_samples=40, eval_at_start=False,
+        steps=5,
+        batch_size=8,
+        lr=1e-2,
+        freeze_g=2,
+        freeze_d=3,
+        eval_every=5,
+        eval_samples=40,
+        eval_at_start=False,
     )
     result = run_trial(cfg, tiny_base, tiny_data, tmp_path, lambda m, c: None)
     assert result.status == "completed"
@@ -80,5 +86,7 @@ def test_frozen_parameters_are_left_out_of_the_optimizer(tiny_base):
     cfg = TrialConfig(freeze_d=2)
     m = build_trial_models(cfg, tiny_base, torch.device("cpu"))
     optimized = {id(p) for group in m.opt_d.param_groups for p in group["params"]}
-    frozen = [p for n, p in m.d.named_parameters() if n.startswith(("blocks.from_rgb", "blocks.down1"))]
+    frozen = [
+        p for n, p in m.d.named_parameters() if n.startswith(("blocks.from_rgb", "blocks.down1"))
+    ]
     assert frozen and not any(id(p) in optimized for p in frozen)

@@ -56,9 +56,16 @@ def test_search_runs_trials_exports_best_and_logs_every_trial(local_ray, base_di
 
     # Export folder: weights, config, samples, serving model, trials table, card.
     export = outcome.export
-    for name in ("generator.safetensors", "discriminator.safetensors", "raygan.json",
-                 "samples.png", "generator.pt2", "trials.parquet", "best.json",
-                 "MODEL_CARD.md"):
+    for name in (
+        "generator.safetensors",
+        "discriminator.safetensors",
+        "raygan.json",
+        "samples.png",
+        "generator.pt2",
+        "trials.parquet",
+        "best.json",
+        "MODEL_CARD.md",
+    ):
         assert (export / name).exists(), name
     best = json.loads((export / "best.json").read_text())
     generator, _ = load_checkpoint(export).build()
@@ -68,8 +75,16 @@ def test_search_runs_trials_exports_best_and_logs_every_trial(local_ray, base_di
 
     table = pq.read_table(export / "trials.parquet").to_pylist()
     assert len(table) == 3
-    assert {"param_lr", "param_beta1", "param_freeze_d", "status", "stop_reason",
-            "best_fid", "last_fid", "best_collapse"} <= set(table[0])
+    assert {
+        "param_lr",
+        "param_beta1",
+        "param_freeze_d",
+        "status",
+        "stop_reason",
+        "best_fid",
+        "last_fid",
+        "best_collapse",
+    } <= set(table[0])
     seed = [r for r in table if r["param_lr"] == pytest.approx(1e-5) and r["param_freeze_d"] == 0]
     assert len(seed) == 1, "the seed recipe was not evaluated"
     assert best["objective"] == pytest.approx(min(r["best_objective"] for r in table))
@@ -80,8 +95,17 @@ def test_search_runs_trials_exports_best_and_logs_every_trial(local_ray, base_di
     for run in runs:
         acc = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
         acc.Reload()
-        assert {"eval/fid", "eval/collapse", "eval/precision", "eval/recall", "eval/density",
-                "eval/coverage", "eval/class_accuracy", "loss/loss_d", "loss/loss_g"} <= set(acc.Tags()["scalars"])
+        assert {
+            "eval/fid",
+            "eval/collapse",
+            "eval/precision",
+            "eval/recall",
+            "eval/density",
+            "eval/coverage",
+            "eval/class_accuracy",
+            "loss/loss_d",
+            "loss/loss_g",
+        } <= set(acc.Tags()["scalars"])
         assert "samples/per_class" in acc.Tags()["images"]
         assert acc.PluginTagToContent("hparams"), f"{run.name} has no hparams"
 
@@ -92,7 +116,11 @@ def test_search_runs_trials_exports_best_and_logs_every_trial(local_ray, base_di
 
 def test_ddp_trial_runs_on_ray_train_with_two_workers(local_ray, base_dir, tmp_path):
     cfg = search_config(
-        base_dir, tmp_path / "runs", num_trials=1, workers=2, name="ddp",
+        base_dir,
+        tmp_path / "runs",
+        num_trials=1,
+        workers=2,
+        name="ddp",
         trial={"steps": 4, "batch_size": 8, "eval_every": 2, "eval_samples": 40},
     )
     outcome = run_search(cfg)
@@ -113,8 +141,9 @@ def test_more_gpus_than_the_cluster_has_fails_before_any_trial(local_ray, base_d
 
 
 def test_freeze_deeper_than_the_base_model_fails_before_any_trial(base_dir, tmp_path):
-    cfg = search_config(base_dir, tmp_path / "runs",
-                        space={"freeze_d": {"type": "int", "low": 0, "high": 9}})
+    cfg = search_config(
+        base_dir, tmp_path / "runs", space={"freeze_d": {"type": "int", "low": 0, "high": 9}}
+    )
     with pytest.raises(ConfigError, match="freeze_d reaches 9 but .* has 4 freezable blocks"):
         run_search(cfg)
 

@@ -40,7 +40,10 @@ def start_search(args, cache) -> subprocess.Popen:
     env["RAYGAN_CACHE"] = str(cache)  # a fresh local cluster of its own
     return subprocess.Popen(
         [sys.executable, "-m", "raygan", "tune", *map(str, args)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,  # its own process group: we end only what we started
     )
 
@@ -107,9 +110,15 @@ def test_killed_trial_resumes_from_its_last_checkpoint(tmp_path, base_dir, isola
     assert table[0]["status"] == "completed" and table[0]["restarts"] == 1
 
 
-def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path, base_dir, isolated_cache):
-    search = write_search(tmp_path, base_dir, num_trials=3,
-                          trial={"steps": 12, "batch_size": 8, "eval_every": 4, "eval_samples": 40})
+def test_interrupted_search_resumes_without_rerunning_finished_trials(
+    tmp_path, base_dir, isolated_cache
+):
+    search = write_search(
+        tmp_path,
+        base_dir,
+        num_trials=3,
+        trial={"steps": 12, "batch_size": 8, "eval_every": 4, "eval_samples": 40},
+    )
     experiment = tmp_path / "runs" / "rec"
     proc = start_search([search], isolated_cache)
 

@@ -54,6 +54,7 @@ def patch_trial(module: ModuleType) -> None:
 
 
 def patch_search(module: ModuleType) -> None:
+    record("import_raygan:end")  # raygan.search imports the rest of raygan and torch
     run_trial = module.run_trial
 
     @functools.wraps(run_trial)
@@ -76,6 +77,8 @@ class PatchAfterImport(importlib.abc.MetaPathFinder):
     """Finds the modules in PATCHES the normal way and patches them once they have run."""
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name == "raygan":
+            record("import_raygan:start")
         if name not in PATCHES:
             return None
         sys.meta_path.remove(self)
@@ -96,4 +99,5 @@ class PatchAfterImport(importlib.abc.MetaPathFinder):
 
 
 if PROBE_FILE:
+    record("process:start")
     sys.meta_path.insert(0, PatchAfterImport())

@@ -71,7 +71,10 @@ class PrecomputedFeatures(nn.Module):
 def extract(net: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
     net.to(device)
     return torch.cat(
-        [net(images[i : i + EVAL_BATCH].to(device)).float().cpu() for i in range(0, len(images), EVAL_BATCH)]
+        [
+            net(images[i : i + EVAL_BATCH].to(device)).float().cpu()
+            for i in range(0, len(images), EVAL_BATCH)
+        ]
     )
 
 
@@ -117,7 +120,10 @@ class Evaluator:
         """Real features, computed once per (data set, extractor) and cached on disk."""
         directory = cache_dir()
         directory.mkdir(parents=True, exist_ok=True)
-        file = directory / f"real-features-{extractor}-{CLASSIFIER_VERSION}-{data_hash(self.real)}.safetensors"
+        file = (
+            directory
+            / f"real-features-{extractor}-{CLASSIFIER_VERSION}-{data_hash(self.real)}.safetensors"
+        )
         with FileLock(str(file) + ".lock"):
             if file.exists():
                 return load_file(file)["features"]
@@ -166,7 +172,12 @@ class Evaluator:
         self.kid.update(features.double(), real=False)
         overall = prdc(self.real_features, features, self.k)
         per_class = per_class_prdc(
-            self.real_features, self.real.labels, features, fake_labels, self.real.num_classes, self.k
+            self.real_features,
+            self.real.labels,
+            features,
+            fake_labels,
+            self.real.num_classes,
+            self.k,
         )
         return EvalResult(
             fid=float(self.fid.compute()),

@@ -50,10 +50,18 @@ class Classifier(nn.Module):
     def __init__(self, num_classes: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
-            nn.Flatten(), nn.Linear(128 * 16, self.feature_dim), nn.ReLU(),
+            nn.Conv2d(3, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(128 * 16, self.feature_dim),
+            nn.ReLU(),
         )
         self.head = nn.Linear(self.feature_dim, num_classes)
 
@@ -133,7 +141,11 @@ class InceptionFeatures(nn.Module):
 
 
 def inception_weights_path(explicit: str | None = None) -> Path:
-    candidates = [explicit, os.environ.get("RAYGAN_INCEPTION_WEIGHTS"), cache_dir() / INCEPTION_FILE]
+    candidates = [
+        explicit,
+        os.environ.get("RAYGAN_INCEPTION_WEIGHTS"),
+        cache_dir() / INCEPTION_FILE,
+    ]
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
             return Path(candidate)
@@ -160,7 +172,9 @@ FeatureBuilder = Callable[[LabeledImages, Classifier, str | None], nn.Module]
 
 EXTRACTORS: dict[str, FeatureBuilder] = {
     "classifier": lambda data, classifier, weights: ClassifierFeatures(classifier),
-    "inception": lambda data, classifier, weights: InceptionFeatures(inception_weights_path(weights)),
+    "inception": lambda data, classifier, weights: InceptionFeatures(
+        inception_weights_path(weights)
+    ),
 }
 
 
