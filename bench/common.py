@@ -85,10 +85,10 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = 
     columns = list(columns or rows[0])
     cells = [[_fmt(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |")
+    print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in cells:
-        print("| " + " | ".join(v.ljust(w) for v, w in zip(r, widths)) + " |")
+        print("| " + " | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) + " |")
 
 
 def _fmt(value: Any) -> str:

@@ -148,7 +148,8 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--reps", type=int, default=3, help="timed evaluations")
     p.add_argument("--steps", type=int, default=10, help="training steps between evaluations")
-    p.add_argument("--warm-builds", type=int, default=3, help="Evaluator constructions after the first")
+    p.add_argument("--warm-builds", type=int, default=3,
+                   help="Evaluator constructions after the first")
     p.add_argument("--threads", type=int, default=1)
     return p.parse_args()
 

@@ -142,7 +142,7 @@ def measure(batch_size: int, args: argparse.Namespace, device: torch.device) -> 
     for _ in range(args.reps):
         for name, value in interleaved_rep(sides, batches, args.steps, device).items():
             samples[name].append(value)
-    ratios = [r / p for r, p in zip(samples["raygan"], samples["plain"])]
+    ratios = [r / p for r, p in zip(samples["raygan"], samples["plain"], strict=True)]
     ratio, low, high = median_and_spread(ratios)
     return {
         "batch": batch_size,

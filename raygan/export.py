@@ -105,7 +105,7 @@ def trial_status(trial_dir: Path, evaluations: list[dict], steps: int | None) ->
     if not evaluations:
         return "pending", ""
     if steps is not None and last.get("step", 0) < steps:
-        return "stopped", "early stopping (ASHA): objective behind its rung"
+        return "stopped", "by ASHA: objective behind its rung"
     return "completed", ""
 
 

@@ -172,8 +172,9 @@ def _list_map_keys_are_unique(validator, keys, instance, schema):
             continue
         key = tuple(item.get(k) for k in keys)
         if key in seen:
+            entry = dict(zip(keys, key, strict=True))
             yield jsonschema.ValidationError(
-                f"duplicate list entry {dict(zip(keys, key, strict=True))} (items {seen[key]} and {i})"
+                f"duplicate list entry {entry} (items {seen[key]} and {i})"
             )
         seen[key] = i
 

@@ -1,0 +1,317 @@
+"""Search efficiency on the demo domains: best FID reached against total trial compute.
+
+Four ways to spend a budget, each over several seeds, all through raygan's own trainable
+(`raygan.search.trial_driver`) on one local Ray cluster (2 CPUs, 1 CPU per trial):
+
+  tpe_asha     (a) the shipped demo search: Optuna TPE + ASHA + collapse stopping
+                   (`raygan.search.build_tuner`, search_spaces/demo.yaml), seed recipe first;
+  random       (b) random search over the same space (Tune's BasicVariantGenerator), no
+                   scheduler, no collapse stopping: every trial runs all its steps;
+  seed_recipe  (c) one trial of the seed recipe (lr 1e-5, beta1 0.5, no freezing) for the
+                   whole budget of (b);
+  scratch      (d) one trial from a randomly initialised G/D (`raygan.pretrain.
+                   initial_checkpoint`) with the recipe of the shipped base (lr 2e-4, betas
+                   (0.0, 0.99)) for the whole budget of (b).
+
+Compute is "sequential-equivalent": trials are ordered by start; at each evaluation the
+compute spent is the whole compute of the trials started earlier plus this trial's so far.
+It is counted in CPU-seconds (sum of Tune's `time_total_s`, one CPU per trial) and in training
+steps (free of CPU contention). The arms' order rotates from seed to seed.
+
+The default is a small setting (4 trials x 40 steps, an evaluation every 20 steps, 3 seeds),
+far below the demo's 10 x 500; scale up with flags, e.g. the demo itself:
+
+    python bench/search_efficiency.py
+    python bench/search_efficiency.py --trials 10 --steps 500 --eval-every 100 --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+from common import print_table, write_results
+from ray import tune
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from raygan.checkpoint import save_checkpoint
+from raygan.config import PretrainConfig, SearchConfig, load_config
+from raygan.data import load_dataset
+from raygan.search import (
+    METRIC,
+    MODE,
+    TrialContext,
+    build_tuner,
+    experiment_dir_of,
+    param_space,
+    tensorboard_root,
+    trainable_for,
+    trial_driver,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "search_spaces" / "demo.yaml"
+ARMS = ("tpe_asha", "random", "seed_recipe", "scratch")
+SCRATCH_RECIPE = {"lr": PretrainConfig().lr, "beta1": PretrainConfig().beta1,
+                  "beta2": PretrainConfig().beta2, "freeze_d": 0, "freeze_g": 0}
+CONCURRENCY = 2  # what `raygan.search.check_resources` gives a 1-worker demo on 2 CPUs
+
+
+# ---- configurations ----------------------------------------------------------------------
+
+def demo_search(name: str, storage: Path, seed: int, args: argparse.Namespace,
+                *extra: str) -> SearchConfig:
+    overrides = [
+        f"name={name}", f"storage={storage}", f"seed={seed}", f"num_trials={args.trials}",
+        f"trial.steps={args.steps}", f"trial.eval_every={args.eval_every}",
+        f"trial.eval_samples={args.eval_samples}", f"trial.seed={seed}", *extra,
+    ]
+    return load_config(SearchConfig, DEMO, overrides)
+
+
+def context(cfg: SearchConfig, storage: Path) -> TrialContext:
+    experiment = experiment_dir_of(str(storage), cfg.name)
+    return TrialContext(cfg.model_dump(), experiment, tensorboard_root(experiment))
+
+
+def run_config(name: str, storage: Path) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=name,
+        storage_path=str(storage),
+        checkpoint_config=tune.CheckpointConfig(  # as build_tuner, so saving costs the same
+            num_to_keep=2, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
+        verbose=0,
+    )
+
+
+# ---- the arms ------------------------------------------------------------------------------
+
+def run_tpe_asha(storage: Path, seed: int, args: argparse.Namespace) -> list[Path]:
+    cfg = demo_search(f"tpe_asha-{seed}", storage, seed, args)
+    build_tuner(cfg, str(storage), CONCURRENCY, context(cfg, storage)).fit()
+    return [storage / cfg.name]
+
+
+def run_random(storage: Path, seed: int, args: argparse.Namespace) -> list[Path]:
+    cfg = demo_search(f"random-{seed}", storage, seed, args, "trial.collapse_stop=null")
+    tuner = tune.Tuner(
+        trainable_for(cfg, context(cfg, storage)),
+        param_space=param_space(cfg),
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode=MODE, num_samples=cfg.num_trials,
+            search_alg=BasicVariantGenerator(random_state=seed),
+            max_concurrent_trials=CONCURRENCY),
+        run_config=run_config(cfg.name, storage),
+    )
+    tuner.fit()
+    return [storage / cfg.name]
+
+
+Recipes = dict[str, tuple[dict[str, Any], TrialContext]]
+
+
+def fixed_recipe_driver(params: dict[str, Any], recipes: Recipes) -> None:
+    """One trial of a fixed recipe: `params["arm"]` picks the recipe and its search context."""
+    recipe, ctx = recipes[params["arm"]]
+    trial_driver(recipe, ctx)
+
+
+def run_single_recipes(storage: Path, seed: int, args: argparse.Namespace) -> list[Path]:
+    """(c) and (d) side by side in one Tuner: each is one trial with the whole budget."""
+    budget = [f"trial.steps={args.trials * args.steps}", "trial.collapse_stop=null"]
+    seed_cfg = demo_search(f"seed_recipe-{seed}", storage, seed, args, *budget)
+    scratch_base = save_checkpoint(
+        initial_checkpoint_for_demo(seed), storage / f"scratch-base-{seed}")
+    scratch_cfg = demo_search(f"scratch-{seed}", storage, seed, args, *budget,
+                              f"base={scratch_base}")
+    recipes = {
+        "seed_recipe": (dict(seed_cfg.seed_recipe or {}), context(seed_cfg, storage)),
+        "scratch": (SCRATCH_RECIPE, context(scratch_cfg, storage)),
+    }
+    name = f"single-{seed}"
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(fixed_recipe_driver, recipes=recipes), {"CPU": 1}),
+        param_space={"arm": tune.grid_search(list(recipes))},
+        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, max_concurrent_trials=CONCURRENCY),
+        run_config=run_config(name, storage),
+    )
+    tuner.fit()
+    return [storage / name]
+
+
+def initial_checkpoint_for_demo(seed: int) -> Any:
+    from raygan.pretrain import initial_checkpoint
+
+    cfg = PretrainConfig(seed=seed)  # the demo base's architecture (64x64, 16 channels)
+    return initial_checkpoint(cfg, load_dataset("demo:target", cfg.resolution).class_names)
+
+
+RUNNERS = {"tpe_asha": run_tpe_asha, "random": run_random, "single": run_single_recipes}
+
+
+# ---- reading the results ------------------------------------------------------------------
+
+def trial_starts(experiment: Path) -> dict[str, float]:
+    """trial_id -> when Tune started it, from the experiment state."""
+    state_file = max(experiment.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    starts = {}
+    for trial_json, run_metadata in json.loads(state_file.read_text())["trial_data"]:
+        trial_id = json.loads(trial_json)["trial_id"]
+        starts[trial_id] = json.loads(run_metadata).get("start_time") or math.inf
+    return starts
+
+
+def read_trials(experiment: Path) -> list[dict[str, Any]]:
+    """Each trial: its arm, start time and evaluations (step, fid, objective, time_total_s)."""
+    starts = trial_starts(experiment)
+    trials = []
+    for result_file in experiment.glob("*/result.json"):
+        reports = [json.loads(line) for line in result_file.read_text().splitlines() if line]
+        evals = [r for r in reports if "fid" in r]
+        if not evals:
+            continue
+        params = json.loads((result_file.parent / "params.json").read_text())
+        arm = params.get("arm") or experiment.name.rsplit("-", 1)[0]
+        trials.append({
+            "arm": arm, "trial_id": evals[0]["trial_id"], "start": starts[evals[0]["trial_id"]],
+            "params": params,
+            "evals": [{k: r[k] for k in ("step", "fid", "objective", "collapse", "time_total_s")}
+                      for r in evals],
+        })
+    return trials
+
+
+def curve(trials: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Best FID so far against sequential-equivalent compute, one point per evaluation."""
+    points, spent_s, spent_steps, best = [], 0.0, 0, math.inf
+    for trial in sorted(trials, key=lambda t: t["start"]):
+        for e in trial["evals"]:
+            best = min(best, e["fid"]) if math.isfinite(e["fid"]) else best
+            points.append({"cpu_s": spent_s + e["time_total_s"], "steps": spent_steps + e["step"],
+                           "best_fid": best})
+        spent_s += trial["evals"][-1]["time_total_s"]
+        spent_steps += trial["evals"][-1]["step"]
+    return points
+
+
+def compute_to_reach(points: list[dict[str, float]], target: float, unit: str) -> float:
+    return next((p[unit] for p in points if p["best_fid"] <= target), math.inf)
+
+
+# ---- summary -----------------------------------------------------------------------------
+
+def summarise(curves: dict[str, dict[int, list[dict]]], target: float) -> list[dict[str, Any]]:
+    rows = []
+    for arm in ARMS:
+        per_seed = curves.get(arm, {})
+        if not per_seed:
+            continue
+        finals = [c[-1]["best_fid"] for c in per_seed.values()]
+        ratios = {}
+        for unit in ("cpu_s", "steps"):
+            ratios[unit] = [
+                compute_to_reach(c, target, unit)
+                / compute_to_reach(curves["random"][seed], target, unit)
+                for seed, c in per_seed.items() if seed in curves.get("random", {})
+            ]
+        reached = [compute_to_reach(c, target, "cpu_s") for c in per_seed.values()]
+        rows.append({
+            "arm": arm,
+            "seeds": len(per_seed),
+            "best_fid_median": statistics.median(finals),
+            "best_fid_min": min(finals),
+            "best_fid_max": max(finals),
+            "total_cpu_s": statistics.median(c[-1]["cpu_s"] for c in per_seed.values()),
+            "total_steps": statistics.median(c[-1]["steps"] for c in per_seed.values()),
+            "reached_target": f"{sum(math.isfinite(r) for r in reached)}/{len(reached)}",
+            "cpu_s_to_target": statistics.median(reached),
+            "ratio_cpu_vs_random": median_or_none(ratios["cpu_s"]),
+            "ratio_steps_vs_random": median_or_none(ratios["steps"]),
+        })
+    return rows
+
+
+def median_or_none(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def plot(curves: dict[str, dict[int, list[dict]]], target: float, file: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = dict(zip(ARMS, ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=True))
+    for arm, per_seed in curves.items():
+        for i, (_, points) in enumerate(sorted(per_seed.items())):
+            ax.step([p["cpu_s"] for p in points], [p["best_fid"] for p in points], where="post",
+                    color=colors[arm], alpha=0.8, label=arm if i == 0 else None)
+    ax.axhline(target, color="gray", linestyle="--", linewidth=1, label="target FID")
+    ax.set_xlabel("trial compute, CPU-seconds (sequential-equivalent, contended 2-core CPU)")
+    ax.set_ylabel("best FID so far (classifier features)")
+    ax.set_yscale("log")
+    ax.set_title("raygan demo: best FID vs compute (one line per seed)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(file, dpi=120)
+
+
+# ---- main --------------------------------------------------------------------------------
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--trials", type=int, default=4, help="trials per search (demo: 10)")
+    p.add_argument("--steps", type=int, default=40, help="steps per search trial (demo: 500)")
+    p.add_argument("--eval-every", type=int, default=20, help="(demo: 100)")
+    p.add_argument("--eval-samples", type=int, default=500, help="(demo: 500)")
+    p.add_argument("--target-fid", type=float, default=None,
+                   help="default: the worst final best FID of random search over the seeds")
+    p.add_argument("--storage", type=Path, default=None, help="default: a temporary directory")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    storage = args.storage or Path(tempfile.mkdtemp(prefix="raygan-bench-search-"))
+    # address="local": never join another Ray cluster running on this shared machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    experiments: list[Path] = []
+    try:
+        for i, seed in enumerate(args.seeds):
+            order = list(RUNNERS)[i % len(RUNNERS):] + list(RUNNERS)[:i % len(RUNNERS)]
+            for runner in order:
+                print(f"seed {seed}: {runner}", flush=True)
+                experiments += RUNNERS[runner](storage, seed, args)
+    finally:
+        ray.shutdown()
+    curves: dict[str, dict[int, list[dict]]] = {}
+    trials_out = []
+    for experiment in experiments:
+        seed = int(experiment.name.rsplit("-", 1)[1])
+        trials = read_trials(experiment)
+        trials_out += [{**t, "seed": seed} for t in trials]
+        for arm in {t["arm"] for t in trials}:
+            curves.setdefault(arm, {})[seed] = curve([t for t in trials if t["arm"] == arm])
+    target = args.target_fid or max(c[-1]["best_fid"] for c in curves["random"].values())
+    rows = summarise(curves, target)
+    print(f"target FID {target:.4g}")
+    print_table(rows)
+    png = Path(__file__).resolve().parent / "results" / "search_efficiency.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    plot(curves, target, png)
+    settings = {**vars(args), "storage": str(storage), "target_fid": target,
+                "concurrency": CONCURRENCY, "scratch_recipe": SCRATCH_RECIPE}
+    print("wrote", write_results("search_efficiency", settings, rows, curves=curves,
+                                 trials=trials_out), "and", png)
+
+
+if __name__ == "__main__":
+    main()
