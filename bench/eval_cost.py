@@ -5,8 +5,8 @@ trial; plus proof that the real side (classifier, real features) is computed onc
 * Cache: `Evaluator` is built against an empty cache directory (cold: trains the evaluation
   classifier and extracts real features), then again several times (warm); the cache files are
   counted after each construction.
-* Cost: evaluations of the demo base generator alternate with blocks of training steps (batch
-  16, one thread as in a 1-CPU trial), so the eval/step ratio is measured under the same load.
+* Cost: evaluations of the demo base generator alternate with blocks of training steps (the
+  demo's batch, one thread as in a 1-CPU trial), so the eval/step ratio sees the same load.
 
     python bench/eval_cost.py                  # 3 evaluations, 10 steps between them
     python bench/eval_cost.py --reps 10 --steps 50
@@ -27,14 +27,16 @@ import torch
 from common import print_table, write_results
 
 from raygan.checkpoint import save_checkpoint
-from raygan.config import TrialConfig
+from raygan.config import SearchConfig, load_config
 from raygan.data import LabeledImages, load_dataset, sample_batches
 from raygan.demo import load_base
 from raygan.metrics.evaluate import Evaluator, extract
 from raygan.metrics.prdc import collapse_score, per_class_prdc, prdc
 from raygan.trial import Models, build_models, make_checkpoint, train_step
 
-DEMO = TrialConfig(steps=500, batch_size=16, eval_every=100, eval_samples=500)
+# The trial settings of the shipped demo search (steps, eval_every, eval_samples, batch).
+DEMO_YAML = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
+DEMO = load_config(SearchConfig, DEMO_YAML, []).trial
 
 
 def timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
@@ -122,7 +124,7 @@ def cost_rows(data: LabeledImages, args: argparse.Namespace,
         _, save = timed(save_checkpoint, ckpt, scratch / f"ckpt-{rep}")
         step = train_block(m, batches, args.steps, data.num_classes)
         for name, value in {"evaluate (total)": total, **split, "sample_grid (TensorBoard)": grid,
-                            "save_checkpoint": save, "train_step (batch 16)": step}.items():
+                            "save_checkpoint": save, "train_step": step}.items():
             samples.setdefault(name, []).append(value)
     medians = {name: statistics.median(v) for name, v in samples.items()}
     rows = [{"phase": name, "median_s": value, "min_s": min(samples[name]),
@@ -131,16 +133,19 @@ def cost_rows(data: LabeledImages, args: argparse.Namespace,
 
 
 def share(medians: dict[str, float]) -> dict[str, float]:
-    """Evaluation's share of a demo trial (500 steps, an evaluation every 100)."""
+    """Evaluation's share of a demo trial (`DEMO.steps` steps, one evaluation every
+    `DEMO.eval_every`), sample grids for TensorBoard included."""
     evaluations = -(-DEMO.steps // DEMO.eval_every)
     per_eval = medians["evaluate (total)"] + medians["sample_grid (TensorBoard)"]
-    train = DEMO.steps * medians["train_step (batch 16)"]
+    train = DEMO.steps * medians["train_step"]
     return {
         "evaluations_per_trial": evaluations,
         "eval_s_per_trial": evaluations * per_eval,
         "train_s_per_trial": train,
         "eval_share": evaluations * per_eval / (evaluations * per_eval + train),
-        "eval_in_steps": per_eval / medians["train_step (batch 16)"],
+        "eval_in_steps": per_eval / medians["train_step"],
+        "demo_steps": DEMO.steps,
+        "demo_eval_every": DEMO.eval_every,
     }
 
 

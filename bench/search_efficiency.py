@@ -18,11 +18,12 @@ compute spent is the whole compute of the trials started earlier plus this trial
 It is counted in CPU-seconds (sum of Tune's `time_total_s`, one CPU per trial) and in training
 steps (free of CPU contention). The arms' order rotates from seed to seed.
 
-The default is a small setting (4 trials x 40 steps, an evaluation every 20 steps, 3 seeds),
-far below the demo's 10 x 500; scale up with flags, e.g. the demo itself:
+The default is a small setting (4 trials x 30 steps, an evaluation every 15 steps, 3 seeds),
+far below the demo search (search_spaces/demo.yaml: 8 trials x 400 steps, evaluation every
+100); scale up with flags, e.g. to the demo itself:
 
     python bench/search_efficiency.py
-    python bench/search_efficiency.py --trials 10 --steps 500 --eval-every 100 --seeds 0 1 2
+    python bench/search_efficiency.py --trials 8 --steps 400 --eval-every 100 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -268,9 +269,9 @@ def plot(curves: dict[str, dict[int, list[dict]]], target: float, file: Path) ->
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--trials", type=int, default=4, help="trials per search (demo: 10)")
-    p.add_argument("--steps", type=int, default=40, help="steps per search trial (demo: 500)")
-    p.add_argument("--eval-every", type=int, default=20, help="(demo: 100)")
+    p.add_argument("--trials", type=int, default=4, help="trials per search (demo: 8)")
+    p.add_argument("--steps", type=int, default=30, help="steps per search trial (demo: 400)")
+    p.add_argument("--eval-every", type=int, default=15, help="(demo: 100)")
     p.add_argument("--eval-samples", type=int, default=500, help="(demo: 500)")
     p.add_argument("--target-fid", type=float, default=None,
                    help="default: the worst final best FID of random search over the seeds")

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -36,6 +38,7 @@ from typing import Any
 
 import ray
 from common import print_table, write_results
+from ray import tune
 
 import raygan.search
 from raygan.config import SearchConfig, load_config
@@ -47,14 +50,27 @@ SPACES = {1: ROOT / "search_spaces" / "demo.yaml", 2: ROOT / "search_spaces" / "
 TARGET_ONE_WORKER_S = 5.0
 
 
-def tiny_search(workers: int, name: str, storage: Path, args: argparse.Namespace) -> SearchConfig:
+def tiny_search(workers: int, name: str, storage: Path, args: argparse.Namespace,
+                *extra: str) -> SearchConfig:
     """The shipped demo space for `workers`, cut to one short trial (demo evaluation settings)."""
     overrides = [
         f"name={name}", f"storage={storage}", "num_trials=1",
         f"trial.steps={args.steps}", f"trial.eval_every={args.eval_every}",
-        f"trial.eval_samples={args.eval_samples}",
+        f"trial.eval_samples={args.eval_samples}", *extra,
     ]
     return load_config(SearchConfig, SPACES[workers], overrides)
+
+
+@contextlib.contextmanager
+def reused_actors(enabled: bool) -> Iterator[None]:
+    """What-if for the sequence mode: `run_search`'s Tuner with `reuse_actors=True`."""
+    original = tune.TuneConfig
+    if enabled:
+        tune.TuneConfig = functools.partial(original, reuse_actors=True)
+    try:
+        yield
+    finally:
+        tune.TuneConfig = original
 
 
 @contextlib.contextmanager
@@ -117,28 +133,33 @@ def first_result(experiment: Path) -> dict[str, Any]:
     return json.loads(result_file.read_text().splitlines()[0])
 
 
-def measure(workers: int, rep: int, storage: Path, probes: Path,
-            args: argparse.Namespace) -> dict[str, Any]:
-    """One one-trial search; times in seconds from the `Tuner.fit()` call."""
-    cfg = tiny_search(workers, f"overhead-{workers}w-{rep}", storage, args)
+def search_on_fresh_cluster(cfg: SearchConfig, probes: Path, reuse: bool = False
+                            ) -> tuple[dict[str, float], list[Event], Path]:
+    """Runs `cfg` on a new local Ray cluster; returns time marks, probe events, experiment."""
     start = time.time()
     # address="local": never join another Ray cluster running on this shared machine.
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    marks = {"call": time.time()}
+    marks = {"start": start, "call": time.time()}
     try:
-        with fit_start_recorder(marks):
+        with fit_start_recorder(marks), reused_actors(reuse):
             outcome = run_search(cfg)
         marks["end"] = time.time()
     finally:
         ray.shutdown()
-    experiment = Path(outcome.experiment)
-    events = read_probes(probes, marks["fit"], marks["end"])
+    return marks, read_probes(probes, marks["fit"], marks["end"]), Path(outcome.experiment)
+
+
+def measure(workers: int, rep: int, storage: Path, probes: Path,
+            args: argparse.Namespace) -> dict[str, Any]:
+    """One one-trial search; times in seconds from the `Tuner.fit()` call."""
+    cfg = tiny_search(workers, f"overhead-{workers}w-{rep}", storage, args)
+    marks, events, experiment = search_on_fresh_cluster(cfg, probes)
     fit = marks["fit"]
     result = first_result(experiment)
     return {
         "workers": workers,
         "rep": rep,
-        "ray_init_s": marks["call"] - start,
+        "ray_init_s": marks["call"] - marks["start"],
         "new_processes": len(times(events, "process:start")),
         "import_raygan_s": max(durations(events, "import_raygan"), default=0.0),
         "tune_running_s": tune_trial_start(experiment) - fit,
@@ -154,6 +175,27 @@ def measure(workers: int, rep: int, storage: Path, probes: Path,
         "search_total_s": marks["end"] - marks["call"],
         "before_fit_s": fit - marks["call"],
         "events": [(n, t - fit, pid) for n, t, pid in events],
+    }
+
+
+def measure_sequence(reuse: bool, rep: int, storage: Path, probes: Path,
+                     args: argparse.Namespace) -> dict[str, Any]:
+    """One-worker trials one after another (max_concurrent=1): the gap from each trial's last
+    report to the next trial's first step is the per-trial overhead inside a search."""
+    name = f"sequence-{'reuse' if reuse else 'fresh'}-{rep}"
+    cfg = tiny_search(1, name, storage, args, f"num_trials={args.sequence}", "max_concurrent=1")
+    marks, events, _ = search_on_fresh_cluster(cfg, probes, reuse)
+    reports = times(events, "report:start")
+    first_steps = times(events, "train_step:start")
+    gaps = [step - max(r for r in reports if r < step) for step in first_steps[1:]]
+    return {
+        "reuse_actors": reuse,
+        "rep": rep,
+        "trials": len(first_steps),
+        "first_trial_first_step_s": first_steps[0] - marks["fit"],
+        "later_trials_gap_s": statistics.median(gaps) if gaps else math.nan,
+        "gaps_s": gaps,
+        "search_total_s": marks["end"] - marks["call"],
     }
 
 
@@ -181,6 +223,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--eval-samples", type=int, default=500)
+    p.add_argument("--sequence", type=int, default=3,
+                   help="trials in the one-worker sequence searches (0: skip them)")
     return p.parse_args()
 
 
@@ -198,10 +242,19 @@ def main() -> None:
         for workers in order:
             rows.append(measure(workers, rep, scratch / "runs", probes, args))
             print_table([{k: v for k, v in rows[-1].items() if k != "events"}])
+    sequences = []
+    for rep in range(args.repeats if args.sequence > 1 else 0):
+        for reuse in (False, True) if rep % 2 == 0 else (True, False):
+            sequences.append(measure_sequence(reuse, rep, scratch / "runs", probes, args))
+            print_table([sequences[-1]])
     summary = summarise(rows)
     print("\nseconds from the Tuner.fit() call (medians; ray_init_s is once per search):")
     print_table(summary)
-    print("wrote", write_results("trial_overhead", vars(args), summary, runs=rows))
+    print(f"\n{args.sequence} one-worker trials in sequence: gap from a trial's last report to "
+          "the next trial's first step")
+    print_table(sequences)
+    print("wrote", write_results("trial_overhead", vars(args), summary, runs=rows,
+                                 sequences=sequences))
 
 
 if __name__ == "__main__":

@@ -207,27 +207,8 @@ def trial_driver(params: dict[str, Any], ctx: TrialContext) -> None:
 
 
 def run_in_trial_process(params: dict[str, Any], ctx: TrialContext) -> None:
-    search, base, data = _load_inputs(ctx)
-    cfg = trial_settings(search, params)
     trial_id = tune.get_context().get_trial_id()
-    restored = tune.get_checkpoint()
-    scratch = Path(tempfile.mkdtemp(prefix=f"raygan-{trial_id}-"))
-    resume = Path(restored.to_directory(str(scratch / "restored"))) if restored else None
-
-    def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        tune.report(metrics, checkpoint=checkpoint)  # persists the checkpoint to storage
-        if checkpoint_dir:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
-
-    trial_log = TrialLog(Path(ctx.tensorboard_root) / trial_id, cfg.model_dump())
-    try:
-        run_trial(
-            cfg, base, data, scratch, report, resume_from=resume, log=trial_log, run_id=trial_id
-        )
-    finally:
-        trial_log.close()
-        shutil.rmtree(scratch, ignore_errors=True)
+    run_reporting_to_ray(params, ctx, trial_id, tune.get_checkpoint(), tune.report, True)
 
 
 def run_on_torch_trainer(params: dict[str, Any], ctx: TrialContext, search: SearchConfig) -> None:
@@ -264,40 +245,47 @@ def ddp_worker_loop(config: dict[str, Any]) -> None:
     """Runs on each Ray Train worker; Ray has already set up the process group."""
     import ray.train
 
-    ctx: TrialContext = config["ctx"]
+    rank0 = ray.train.get_context().get_world_rank() == 0
+    run_reporting_to_ray(
+        config["params"],
+        config["ctx"],
+        config["trial_id"],
+        ray.train.get_checkpoint(),
+        ray.train.report,
+        write_logs=rank0,
+    )
+
+
+def run_reporting_to_ray(
+    params: dict[str, Any],
+    ctx: TrialContext,
+    trial_id: str,
+    restored: tune.Checkpoint | None,
+    ray_report: Any,
+    write_logs: bool,
+) -> None:
+    """Run the loop, resuming from `restored`; `ray_report` is `ray.tune.report` in a Tune
+    trial and `ray.train.report` on a Train worker (each is an error in the other's place)."""
     search, base, data = _load_inputs(ctx)
-    cfg = trial_settings(search, config["params"])
-    restored = ray.train.get_checkpoint()
-    scratch = Path(tempfile.mkdtemp(prefix="raygan-ddp-"))
+    cfg = trial_settings(search, params)
+    scratch = Path(tempfile.mkdtemp(prefix=f"raygan-{trial_id}-"))
     resume = Path(restored.to_directory(str(scratch / "restored"))) if restored else None
-    rank = ray.train.get_context().get_world_rank()
 
     def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        checkpoint = (
-            ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        )
-        ray.train.report(metrics, checkpoint=checkpoint)
+        checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray_report(metrics, checkpoint=checkpoint)  # persists the checkpoint to storage
         if checkpoint_dir:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
     trial_log = (
-        TrialLog(Path(ctx.tensorboard_root) / config["trial_id"], cfg.model_dump())
-        if rank == 0
-        else None
+        TrialLog(Path(ctx.tensorboard_root) / trial_id, cfg.model_dump()) if write_logs else None
     )
     try:
         run_trial(
-            cfg,
-            base,
-            data,
-            scratch,
-            report,
-            resume_from=resume,
-            log=trial_log,
-            run_id=config["trial_id"],
+            cfg, base, data, scratch, report, resume_from=resume, log=trial_log, run_id=trial_id
         )
     finally:
-        if trial_log:
+        if trial_log is not None:
             trial_log.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -341,6 +329,9 @@ def build_tuner(cfg: SearchConfig, root: str, concurrency: int, ctx: TrialContex
             scheduler=scheduler,
             num_samples=cfg.num_trials,
             max_concurrent_trials=concurrency,
+            # A reused trial actor keeps the previous trial's Ray Train controller, and its
+            # placement group, alive (ray-project/ray#54305): later trials then wait forever.
+            reuse_actors=False,
         ),
         run_config=tune.RunConfig(
             name=cfg.name,

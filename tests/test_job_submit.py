@@ -118,18 +118,32 @@ def ray_head(isolated_cache) -> Iterator[Head]:
         PIP_NO_INDEX="1",
     )
     log = root / "head.log"
-    # Every port explicit: other Ray clusters may run on this machine (52365 etc. taken).
+    # Every port free or OS-chosen: other Ray clusters may run on this machine.
     cmd = [
-        RAY, "start", "--head", "--block", "--disable-usage-stats", "--num-cpus=2",
-        f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-        f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-        f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-        f"--runtime-env-agent-port={env_agent}", f"--node-manager-port={nm}",
-        f"--object-manager-port={om}", f"--temp-dir={root / 'ray'}",
+        RAY,
+        "start",
+        "--head",
+        "--block",
+        "--disable-usage-stats",
+        "--num-cpus=2",
+        f"--port={gcs}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        "--min-worker-port=0",
+        "--max-worker-port=0",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={env_agent}",
+        f"--node-manager-port={nm}",
+        f"--object-manager-port={om}",
+        f"--temp-dir={root / 'ray'}",
     ]
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # its own group: we end only it
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )  # its own group: we end only it
     try:
         head = Head(f"http://127.0.0.1:{dash}", env, root / "ray" / "session_latest" / "logs", log)
         wait_for_jobs_api(head, proc)
@@ -155,8 +169,15 @@ def wait_for_jobs_api(head: Head, proc: subprocess.Popen, timeout_s: float = 120
 
 
 def ray_job(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([RAY, "job", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [RAY, "job", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def runtime_env_setup_log(head: Head) -> str:
@@ -165,15 +186,19 @@ def runtime_env_setup_log(head: Head) -> str:
 
 def write_search(tmp_path: Path, base_dir: Path) -> Path:
     path = tmp_path / "search.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "submitted",
-        "data": "demo:target:200",
-        "base": str(base_dir),
-        "trial": {"steps": 8, "batch_size": 8, "eval_every": 4, "eval_samples": 40},
-        "space": {"lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3}},
-        "seed_recipe": None,
-        "num_trials": 2,
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "submitted",
+                "data": "demo:target:200",
+                "base": str(base_dir),
+                "trial": {"steps": 8, "batch_size": 8, "eval_every": 4, "eval_samples": 40},
+                "space": {"lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3}},
+                "seed_recipe": None,
+                "num_trials": 2,
+            }
+        )
+    )
     return path
 
 
@@ -189,12 +214,32 @@ def test_submitted_search_runs_on_the_cluster_and_exports_the_best_model(
     storage = tmp_path / "experiments"  # node-local: fine on a one-node cluster
     job_id = f"raygan-test-{secrets.token_hex(4)}"
     # The documented command, plus an id to query the job by.
-    submitted = ray_job(
-        ray_head.env, "submit", "--address", ray_head.dashboard, "--submission-id", job_id,
-        "--working-dir", ".", "--runtime-env", "cluster/runtime_env.yaml", "--",
-        "raygan", "tune", str(search), "--storage", str(storage),
-        timeout=JOB_TIMEOUT_S,
-    )
+    try:
+        submitted = ray_job(
+            ray_head.env,
+            "submit",
+            "--address",
+            ray_head.dashboard,
+            "--submission-id",
+            job_id,
+            "--working-dir",
+            ".",
+            "--runtime-env",
+            "cluster/runtime_env.yaml",
+            "--",
+            "raygan",
+            "tune",
+            str(search),
+            "--storage",
+            str(storage),
+            timeout=JOB_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        logs = ray_job(ray_head.env, "logs", "--address", ray_head.dashboard, job_id)
+        pytest.fail(
+            f"job still running after {JOB_TIMEOUT_S}s:\n{logs.stdout}\n"
+            f"--- runtime env setup ---\n{runtime_env_setup_log(ray_head)[-5000:]}"
+        )
     output = submitted.stdout + submitted.stderr  # `ray job submit` follows the job's log
     setup_log = runtime_env_setup_log(ray_head)
     assert submitted.returncode == 0, f"{output}\n--- runtime env setup ---\n{setup_log[-5000:]}"

@@ -29,16 +29,11 @@ def record(event: str) -> None:
         f.write(line + "\n")
 
 
-def timed(event: str, fn: Callable, first_only: bool = False) -> Callable:
-    """`fn` that records `<event>:start` and `<event>:end` (for the first call only, if asked)."""
-    calls = 0
+def timed(event: str, fn: Callable) -> Callable:
+    """`fn` that records `<event>:start` and `<event>:end` around every call."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if first_only and calls > 1:
-            return fn(*args, **kwargs)
         record(f"{event}:start")
         try:
             return fn(*args, **kwargs)
@@ -48,8 +43,22 @@ def timed(event: str, fn: Callable, first_only: bool = False) -> Callable:
     return wrapper
 
 
+# Set by each run_trial call, cleared by its first train_step: only first steps are recorded.
+first_step_pending = False
+
+
 def patch_trial(module: ModuleType) -> None:
-    module.train_step = timed("train_step", module.train_step, first_only=True)
+    train_step = module.train_step
+
+    @functools.wraps(train_step)
+    def train_step_probed(*args: Any, **kwargs: Any) -> Any:
+        global first_step_pending
+        if not first_step_pending:
+            return train_step(*args, **kwargs)
+        first_step_pending = False
+        return timed("train_step", train_step)(*args, **kwargs)
+
+    module.train_step = train_step_probed
     module.Evaluator = timed("evaluator_init", module.Evaluator)
 
 
@@ -60,9 +69,10 @@ def patch_search(module: ModuleType) -> None:
     @functools.wraps(run_trial)
     def run_trial_probed(cfg: Any, base: Any, data: Any, out_dir: Any, report: Callable,
                          *args: Any, **kwargs: Any) -> Any:
+        global first_step_pending
+        first_step_pending = True
         record("run_trial:start")
-        return run_trial(cfg, base, data, out_dir, timed("report", report, first_only=True),
-                         *args, **kwargs)
+        return run_trial(cfg, base, data, out_dir, timed("report", report), *args, **kwargs)
 
     module.run_trial = run_trial_probed
     module._load_inputs = timed("load_inputs", module._load_inputs)
