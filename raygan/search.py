@@ -68,29 +68,46 @@ def _upper(cfg: SearchConfig, name: str) -> float:
     return max(values)
 
 
-def connect(address: str | None) -> None:
-    """Join the cluster at `address` (or RAY_ADDRESS, as Ray does); else start a local one."""
-    if ray.is_initialized():
-        return
+def connect(address: str | None) -> bool:
+    """Join the cluster at `address` (or RAY_ADDRESS, as Ray does); else start a local one.
+
+    Returns True when we joined a cluster someone else started: it may be autoscaling."""
     address = address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, log_to_driver=False, include_dashboard=False if not address else None)
+    if not ray.is_initialized():
+        ray.init(
+            address=address, log_to_driver=False, include_dashboard=False if not address else None
+        )
+    return address is not None
 
 
-def check_resources(cfg: SearchConfig) -> int:
-    """Refuse trials the cluster can never fit; return how many fit at once."""
+def check_resources(cfg: SearchConfig, may_grow: bool = False) -> int:
+    """Refuse trials the cluster can never fit; return how many fit at once.
+
+    A cluster that `may_grow` (one we joined: its autoscaler may start GPU workers from
+    zero) only gets a warning, and `max_concurrent` trials may wait for it at once: their
+    resource requests are what make it scale up."""
     total = ray.cluster_resources()
     cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
     need_cpu, need_gpu = cfg.workers * cfg.cpus_per_worker, cfg.workers * cfg.gpus_per_worker
+    shortfall = None
     if need_gpu > gpus:
-        raise ConfigError(
+        shortfall = (
             f"a trial needs {need_gpu:g} GPUs (workers {cfg.workers} x gpus_per_worker "
             f"{cfg.gpus_per_worker:g}) but the cluster has {gpus:g}"
         )
-    if need_cpu > cpus:
-        raise ConfigError(
+    elif need_cpu > cpus:
+        shortfall = (
             f"a trial needs {need_cpu:g} CPUs (workers {cfg.workers} x cpus_per_worker "
             f"{cfg.cpus_per_worker:g}) but the cluster has {cpus:g}"
         )
+    if shortfall and not may_grow:
+        raise ConfigError(shortfall)
+    if shortfall:
+        log.warning("%s for now: trials wait until the autoscaler adds nodes", shortfall)
+    if may_grow and cfg.max_concurrent:
+        return cfg.max_concurrent  # what does not fit yet, the autoscaler may add
+    if shortfall:
+        return 1
     fit = int(cpus // need_cpu)
     if need_gpu:
         fit = min(fit, int(gpus // need_gpu))
@@ -374,8 +391,8 @@ def run_search(
 
     Bad input fails before any trial starts."""
     data = preflight(cfg)
-    connect(address)
-    concurrency = check_resources(cfg)
+    joined = connect(address)
+    concurrency = check_resources(cfg, may_grow=joined)
     if resume:
         experiment = resume.rstrip("/")
         if "://" not in experiment and not Path(experiment).is_dir():

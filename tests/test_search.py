@@ -13,7 +13,7 @@ from raygan.checkpoint import load_checkpoint, save_checkpoint
 from raygan.config import SearchConfig, validate
 from raygan.errors import ConfigError
 from raygan.export import sample_to_file
-from raygan.search import run_search
+from raygan.search import check_resources, run_search
 
 pytestmark = pytest.mark.ray
 
@@ -138,6 +138,14 @@ def test_more_gpus_than_the_cluster_has_fails_before_any_trial(local_ray, base_d
     with pytest.raises(ConfigError, match=r"a trial needs 2 GPUs .* the cluster has 0"):
         run_search(cfg)
     assert not (tmp_path / "runs" / "t").exists()
+
+
+def test_a_joined_cluster_short_of_gpus_is_left_to_its_autoscaler(
+    local_ray, base_dir, tmp_path, caplog
+):
+    cfg = search_config(base_dir, tmp_path / "runs", gpus_per_worker=1, workers=2, max_concurrent=2)
+    assert check_resources(cfg, may_grow=True) == 2
+    assert "a trial needs 2 GPUs" in caplog.text and "autoscaler" in caplog.text
 
 
 def test_freeze_deeper_than_the_base_model_fails_before_any_trial(base_dir, tmp_path):
