@@ -1,5 +1,5 @@
 """Integration: `ray job submit` runs a search on a running Ray cluster, with the command and
-runtime env of cluster/RUN_ON_A_CLUSTER.md, against a real head started by `ray start`."""
+runtime env of the README's "Run on a cluster", against a real head started by `ray start`."""
 
 from __future__ import annotations
 
