@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import math
 import os
@@ -63,10 +62,15 @@ def tiny_search(workers: int, name: str, storage: Path, args: argparse.Namespace
 
 @contextlib.contextmanager
 def reused_actors(enabled: bool) -> Iterator[None]:
-    """What-if for the sequence mode: `run_search`'s Tuner with `reuse_actors=True`."""
+    """What-if for the sequence mode: `run_search`'s Tuner with `reuse_actors=True`, whatever
+    `build_tuner` passes."""
     original = tune.TuneConfig
+
+    def with_reuse(*args: Any, **kwargs: Any) -> tune.TuneConfig:
+        return original(*args, **{**kwargs, "reuse_actors": True})
+
     if enabled:
-        tune.TuneConfig = functools.partial(original, reuse_actors=True)
+        tune.TuneConfig = with_reuse
     try:
         yield
     finally:
@@ -178,13 +182,20 @@ def measure(workers: int, rep: int, storage: Path, probes: Path,
     }
 
 
+def actors_reused(experiment: Path) -> bool:
+    """Whether Tune ran this experiment with reuse_actors, from its saved state."""
+    state_file = max(experiment.glob("experiment_state-*.json"), key=os.path.getmtime)
+    return '_reuse_actors": true' in state_file.read_text().replace("\\", "")
+
+
 def measure_sequence(reuse: bool, rep: int, storage: Path, probes: Path,
                      args: argparse.Namespace) -> dict[str, Any]:
     """One-worker trials one after another (max_concurrent=1): the gap from each trial's last
     report to the next trial's first step is the per-trial overhead inside a search."""
     name = f"sequence-{'reuse' if reuse else 'fresh'}-{rep}"
     cfg = tiny_search(1, name, storage, args, f"num_trials={args.sequence}", "max_concurrent=1")
-    marks, events, _ = search_on_fresh_cluster(cfg, probes, reuse)
+    marks, events, experiment = search_on_fresh_cluster(cfg, probes, reuse)
+    assert actors_reused(experiment) == reuse, "the reuse_actors what-if did not take effect"
     reports = times(events, "report:start")
     first_steps = times(events, "train_step:start")
     gaps = [step - max(r for r in reports if r < step) for step in first_steps[1:]]
