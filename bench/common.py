@@ -51,8 +51,9 @@ def command() -> str:
     return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
 
 
-def write_results(name: str, settings: dict[str, Any], rows: list[dict[str, Any]],
-                  **extra: Any) -> Path:
+def write_results(
+    name: str, settings: dict[str, Any], rows: list[dict[str, Any]], **extra: Any
+) -> Path:
     """bench/results/<name>.json: date, machine, exact command, settings and measured rows."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -56,7 +56,7 @@ class Setup:
 SETUPS = (
     Setup(1, 16, 1),  # a 1-CPU trial: the baseline
     Setup(1, 16, 2),  # the same trial given both cores as intra-op threads
-    Setup(2, 8, 1),   # demo-ddp.yaml: global batch 16 over 2 workers (strong scaling)
+    Setup(2, 8, 1),  # demo-ddp.yaml: global batch 16 over 2 workers (strong scaling)
     Setup(2, 16, 1),  # global batch 32 (weak scaling)
 )
 
@@ -70,8 +70,9 @@ def free_port() -> int:
 def worker(rank: int, setup: Setup, steps: int, warmup: int, port: int, out: str) -> None:
     torch.set_num_threads(setup.threads)
     if setup.workers > 1:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                world_size=setup.workers)
+        dist.init_process_group(
+            "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=setup.workers
+        )
     base = load_base("demo")
     data = load_dataset("demo:target", base.model.resolution)
     cfg = TrialConfig(batch_size=setup.batch_per_worker, lr=2e-4)
@@ -128,8 +129,10 @@ def model_facts(batch: int = 16) -> dict:
     real, labels = next(sample_batches(data, batch, seed=0))
     with FlopCounterMode(display=False) as counter:
         train_step(m, real, labels, cfg, data.num_classes)
-    params = {name: sum(p.numel() for p in trainable_parameters(net))
-              for name, net in (("g", m.g_plain), ("d", m.d_plain))}
+    params = {
+        name: sum(p.numel() for p in trainable_parameters(net))
+        for name, net in (("g", m.g_plain), ("d", m.d_plain))
+    }
     return {
         "params_g": params["g"],
         "params_d": params["d"],
@@ -145,11 +148,15 @@ def summarise(samples: dict[Setup, list[dict]]) -> list[dict]:
     rows = []
     for setup, results in samples.items():
         ips = [r["images_per_s"] for r in results]
-        row = {**asdict(setup), "global_batch": setup.global_batch,
-               "img_s_median": statistics.median(ips), "img_s_min": min(ips),
-               "img_s_max": max(ips),
-               "step_s": statistics.median(r["step_s"] for r in results),
-               "vs_1w1t": statistics.median(ips) / baseline}
+        row = {
+            **asdict(setup),
+            "global_batch": setup.global_batch,
+            "img_s_median": statistics.median(ips),
+            "img_s_min": min(ips),
+            "img_s_max": max(ips),
+            "step_s": statistics.median(r["step_s"] for r in results),
+            "vs_1w1t": statistics.median(ips) / baseline,
+        }
         if setup.workers > 1:
             row["allreduce_ms"] = 1e3 * statistics.median(r["allreduce_s"] for r in results)
         rows.append(row)
@@ -175,11 +182,32 @@ def main() -> None:
             samples[setup].append(run(setup, args.steps, args.warmup))
             print(f"rep {rep}: {setup.name}: {samples[setup][-1]}", flush=True)
     rows = summarise(samples)
-    print_table(rows, ["workers", "threads", "batch_per_worker", "global_batch", "img_s_median",
-                       "img_s_min", "img_s_max", "step_s", "vs_1w1t", "allreduce_ms"])
+    print_table(
+        rows,
+        [
+            "workers",
+            "threads",
+            "batch_per_worker",
+            "global_batch",
+            "img_s_median",
+            "img_s_min",
+            "img_s_max",
+            "step_s",
+            "vs_1w1t",
+            "allreduce_ms",
+        ],
+    )
     print_table([facts])
-    print("wrote", write_results("ddp_scaling", vars(args), rows, model=facts,
-                                 samples={s.name: v for s, v in samples.items()}))
+    print(
+        "wrote",
+        write_results(
+            "ddp_scaling",
+            vars(args),
+            rows,
+            model=facts,
+            samples={s.name: v for s, v in samples.items()},
+        ),
+    )
 
 
 if __name__ == "__main__":

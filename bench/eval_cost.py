@@ -55,13 +55,15 @@ def cache_rows(data: LabeledImages, cache: Path, warm_builds: int) -> list[dict[
     for i in range(1 + warm_builds):
         _, seconds = timed(Evaluator, data, DEMO.eval_samples)
         files = cache_files(cache)
-        rows.append({
-            "construction": "cold (empty cache)" if i == 0 else f"warm #{i}",
-            "seconds": seconds,
-            "cache_files": len(files),
-            "mtimes_unchanged": i == 0 or mtimes(cache) == rows[0]["_mtimes"],
-            "_mtimes": mtimes(cache),
-        })
+        rows.append(
+            {
+                "construction": "cold (empty cache)" if i == 0 else f"warm #{i}",
+                "seconds": seconds,
+                "cache_files": len(files),
+                "mtimes_unchanged": i == 0 or mtimes(cache) == rows[0]["_mtimes"],
+                "_mtimes": mtimes(cache),
+            }
+        )
     for row in rows:
         del row["_mtimes"]
     return rows
@@ -92,8 +94,14 @@ def phases(ev: Evaluator, g: torch.nn.Module) -> dict[str, float]:
     _, t["kid"] = timed(kid)
     _, t["prdc"] = timed(prdc, ev.real_features, features, ev.k)
     per_class, t["per_class_prdc"] = timed(
-        per_class_prdc, ev.real_features, ev.real.labels, features, ev.fake_labels,
-        ev.real.num_classes, ev.k)
+        per_class_prdc,
+        ev.real_features,
+        ev.real.labels,
+        features,
+        ev.fake_labels,
+        ev.real.num_classes,
+        ev.k,
+    )
     _, t["collapse"] = timed(collapse_score, per_class, ev.real.num_classes)
     return t
 
@@ -107,8 +115,9 @@ def train_block(m: Models, batches: Any, steps: int, num_classes: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def cost_rows(data: LabeledImages, args: argparse.Namespace,
-              scratch: Path) -> tuple[list[dict[str, Any]], dict[str, float]]:
+def cost_rows(
+    data: LabeledImages, args: argparse.Namespace, scratch: Path
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
     base = load_base("demo")
     ev = Evaluator(data, DEMO.eval_samples)
     m = build_models(DEMO, base, torch.device("cpu"))
@@ -123,12 +132,19 @@ def cost_rows(data: LabeledImages, args: argparse.Namespace,
         ckpt = make_checkpoint(m, base, data.class_names, {"step": rep})
         _, save = timed(save_checkpoint, ckpt, scratch / f"ckpt-{rep}")
         step = train_block(m, batches, args.steps, data.num_classes)
-        for name, value in {"evaluate (total)": total, **split, "sample_grid (TensorBoard)": grid,
-                            "save_checkpoint": save, "train_step": step}.items():
+        for name, value in {
+            "evaluate (total)": total,
+            **split,
+            "sample_grid (TensorBoard)": grid,
+            "save_checkpoint": save,
+            "train_step": step,
+        }.items():
             samples.setdefault(name, []).append(value)
     medians = {name: statistics.median(v) for name, v in samples.items()}
-    rows = [{"phase": name, "median_s": value, "min_s": min(samples[name]),
-             "max_s": max(samples[name])} for name, value in medians.items()]
+    rows = [
+        {"phase": name, "median_s": value, "min_s": min(samples[name]), "max_s": max(samples[name])}
+        for name, value in medians.items()
+    ]
     return rows, medians
 
 
@@ -153,8 +169,9 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--reps", type=int, default=3, help="timed evaluations")
     p.add_argument("--steps", type=int, default=10, help="training steps between evaluations")
-    p.add_argument("--warm-builds", type=int, default=3,
-                   help="Evaluator constructions after the first")
+    p.add_argument(
+        "--warm-builds", type=int, default=3, help="Evaluator constructions after the first"
+    )
     p.add_argument("--threads", type=int, default=1)
     return p.parse_args()
 
@@ -172,8 +189,13 @@ def main() -> None:
     print_table(costs)
     shares = share(medians)
     print_table([shares])
-    settings = {**vars(args), "eval_samples": DEMO.eval_samples, "real_images": len(data),
-                "extractor": DEMO.feature_extractor, "cache_files": cache_files(cache)}
+    settings = {
+        **vars(args),
+        "eval_samples": DEMO.eval_samples,
+        "real_images": len(data),
+        "extractor": DEMO.feature_extractor,
+        "cache_files": cache_files(cache),
+    }
     print("wrote", write_results("eval_cost", settings, costs, cache=caching, share=shares))
 
 

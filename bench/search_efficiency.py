@@ -59,20 +59,33 @@ from raygan.search import (
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "search_spaces" / "demo.yaml"
 ARMS = ("tpe_asha", "random", "seed_recipe", "scratch")
-SCRATCH_RECIPE = {"lr": PretrainConfig().lr, "beta1": PretrainConfig().beta1,
-                  "beta2": PretrainConfig().beta2, "freeze_d": 0, "freeze_g": 0}
+SCRATCH_RECIPE = {
+    "lr": PretrainConfig().lr,
+    "beta1": PretrainConfig().beta1,
+    "beta2": PretrainConfig().beta2,
+    "freeze_d": 0,
+    "freeze_g": 0,
+}
 Curves = dict[str, dict[int, list[dict[str, float]]]]  # arm -> seed -> curve points
 CONCURRENCY = 2  # what `raygan.search.check_resources` gives a 1-worker demo on 2 CPUs
 
 
 # ---- configurations ----------------------------------------------------------------------
 
-def demo_search(name: str, storage: Path, seed: int, args: argparse.Namespace,
-                *extra: str) -> SearchConfig:
+
+def demo_search(
+    name: str, storage: Path, seed: int, args: argparse.Namespace, *extra: str
+) -> SearchConfig:
     overrides = [
-        f"name={name}", f"storage={storage}", f"seed={seed}", f"num_trials={args.trials}",
-        f"trial.steps={args.steps}", f"trial.eval_every={args.eval_every}",
-        f"trial.eval_samples={args.eval_samples}", f"trial.seed={seed}", *extra,
+        f"name={name}",
+        f"storage={storage}",
+        f"seed={seed}",
+        f"num_trials={args.trials}",
+        f"trial.steps={args.steps}",
+        f"trial.eval_every={args.eval_every}",
+        f"trial.eval_samples={args.eval_samples}",
+        f"trial.seed={seed}",
+        *extra,
     ]
     return load_config(SearchConfig, DEMO, overrides)
 
@@ -87,12 +100,14 @@ def run_config(name: str, storage: Path) -> tune.RunConfig:
         name=name,
         storage_path=str(storage),
         checkpoint_config=tune.CheckpointConfig(  # as build_tuner, so saving costs the same
-            num_to_keep=2, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
+            num_to_keep=2, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE
+        ),
         verbose=0,
     )
 
 
 # ---- the arms ------------------------------------------------------------------------------
+
 
 def run_tpe_asha(storage: Path, seed: int, args: argparse.Namespace) -> list[Path]:
     cfg = demo_search(f"tpe_asha-{seed}", storage, seed, args)
@@ -106,9 +121,12 @@ def run_random(storage: Path, seed: int, args: argparse.Namespace) -> list[Path]
         trainable_for(cfg, context(cfg, storage)),
         param_space=param_space(cfg),
         tune_config=tune.TuneConfig(
-            metric=METRIC, mode=MODE, num_samples=cfg.num_trials,
+            metric=METRIC,
+            mode=MODE,
+            num_samples=cfg.num_trials,
             search_alg=BasicVariantGenerator(random_state=seed),
-            max_concurrent_trials=CONCURRENCY),
+            max_concurrent_trials=CONCURRENCY,
+        ),
         run_config=run_config(cfg.name, storage),
     )
     tuner.fit()
@@ -129,9 +147,11 @@ def run_single_recipes(storage: Path, seed: int, args: argparse.Namespace) -> li
     budget = [f"trial.steps={args.trials * args.steps}", "trial.collapse_stop=null"]
     seed_cfg = demo_search(f"seed_recipe-{seed}", storage, seed, args, *budget)
     scratch_base = save_checkpoint(
-        initial_checkpoint_for_demo(seed), storage / f"scratch-base-{seed}")
-    scratch_cfg = demo_search(f"scratch-{seed}", storage, seed, args, *budget,
-                              f"base={scratch_base}")
+        initial_checkpoint_for_demo(seed), storage / f"scratch-base-{seed}"
+    )
+    scratch_cfg = demo_search(
+        f"scratch-{seed}", storage, seed, args, *budget, f"base={scratch_base}"
+    )
     recipes = {
         "seed_recipe": (dict(seed_cfg.seed_recipe or {}), context(seed_cfg, storage)),
         "scratch": (SCRATCH_RECIPE, context(scratch_cfg, storage)),
@@ -159,6 +179,7 @@ RUNNERS = {"tpe_asha": run_tpe_asha, "random": run_random, "single": run_single_
 
 # ---- reading the results ------------------------------------------------------------------
 
+
 def trial_starts(experiment: Path) -> dict[str, float]:
     """trial_id -> when Tune started it, from the experiment state."""
     state_file = max(experiment.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
@@ -180,12 +201,18 @@ def read_trials(experiment: Path) -> list[dict[str, Any]]:
             continue
         params = json.loads((result_file.parent / "params.json").read_text())
         arm = params.get("arm") or experiment.name.rsplit("-", 1)[0]
-        trials.append({
-            "arm": arm, "trial_id": evals[0]["trial_id"], "start": starts[evals[0]["trial_id"]],
-            "params": params,
-            "evals": [{k: r[k] for k in ("step", "fid", "objective", "collapse", "time_total_s")}
-                      for r in evals],
-        })
+        trials.append(
+            {
+                "arm": arm,
+                "trial_id": evals[0]["trial_id"],
+                "start": starts[evals[0]["trial_id"]],
+                "params": params,
+                "evals": [
+                    {k: r[k] for k in ("step", "fid", "objective", "collapse", "time_total_s")}
+                    for r in evals
+                ],
+            }
+        )
     return trials
 
 
@@ -195,8 +222,13 @@ def curve(trials: list[dict[str, Any]]) -> list[dict[str, float]]:
     for trial in sorted(trials, key=lambda t: t["start"]):
         for e in trial["evals"]:
             best = min(best, e["fid"]) if math.isfinite(e["fid"]) else best
-            points.append({"cpu_s": spent_s + e["time_total_s"], "steps": spent_steps + e["step"],
-                           "best_fid": best})
+            points.append(
+                {
+                    "cpu_s": spent_s + e["time_total_s"],
+                    "steps": spent_steps + e["step"],
+                    "best_fid": best,
+                }
+            )
         spent_s += trial["evals"][-1]["time_total_s"]
         spent_steps += trial["evals"][-1]["step"]
     return points
@@ -208,11 +240,14 @@ def compute_to_reach(points: list[dict[str, float]], target: float, unit: str) -
 
 # ---- summary -----------------------------------------------------------------------------
 
+
 def default_targets(curves: Curves) -> dict[str, float]:
     """The FID that random search (`random`) and the seed recipe alone given the whole budget
     (`seed_recipe`) reach on every seed: their worst final best FID."""
-    return {arm: max(c[-1]["best_fid"] for c in curves[arm].values())
-            for arm in ("random", "seed_recipe")}
+    return {
+        arm: max(c[-1]["best_fid"] for c in curves[arm].values())
+        for arm in ("random", "seed_recipe")
+    }
 
 
 def summarise(curves: Curves, targets: dict[str, float]) -> list[dict[str, Any]]:
@@ -225,30 +260,41 @@ def summarise(curves: Curves, targets: dict[str, float]) -> list[dict[str, Any]]
             if not per_seed:
                 continue
             finals = [c[-1]["best_fid"] for c in per_seed.values()]
-            to_target = {unit: {seed: compute_to_reach(c, target, unit)
-                                for seed, c in per_seed.items()} for unit in ("cpu_s", "steps")}
-            rows.append({
-                "target": f"{target_name} ({target:.0f})",
-                "arm": arm,
-                "best_fid_median": statistics.median(finals),
-                "best_fid_range": f"{min(finals):.0f}-{max(finals):.0f}",
-                "total_cpu_s": statistics.median(c[-1]["cpu_s"] for c in per_seed.values()),
-                "total_steps": statistics.median(c[-1]["steps"] for c in per_seed.values()),
-                "reached": f"{sum(math.isfinite(v) for v in to_target['steps'].values())}"
-                           f"/{len(per_seed)}",
-                "cpu_s_to_target": statistics.median(to_target["cpu_s"].values()),
-                "steps_to_target": statistics.median(to_target["steps"].values()),
-                "ratio_cpu_vs_random": ratio_to_random(curves, to_target["cpu_s"], target, "cpu_s"),
-                "ratio_steps_vs_random": ratio_to_random(curves, to_target["steps"], target,
-                                                         "steps"),
-            })
+            to_target = {
+                unit: {seed: compute_to_reach(c, target, unit) for seed, c in per_seed.items()}
+                for unit in ("cpu_s", "steps")
+            }
+            rows.append(
+                {
+                    "target": f"{target_name} ({target:.0f})",
+                    "arm": arm,
+                    "best_fid_median": statistics.median(finals),
+                    "best_fid_range": f"{min(finals):.0f}-{max(finals):.0f}",
+                    "total_cpu_s": statistics.median(c[-1]["cpu_s"] for c in per_seed.values()),
+                    "total_steps": statistics.median(c[-1]["steps"] for c in per_seed.values()),
+                    "reached": f"{sum(math.isfinite(v) for v in to_target['steps'].values())}"
+                    f"/{len(per_seed)}",
+                    "cpu_s_to_target": statistics.median(to_target["cpu_s"].values()),
+                    "steps_to_target": statistics.median(to_target["steps"].values()),
+                    "ratio_cpu_vs_random": ratio_to_random(
+                        curves, to_target["cpu_s"], target, "cpu_s"
+                    ),
+                    "ratio_steps_vs_random": ratio_to_random(
+                        curves, to_target["steps"], target, "steps"
+                    ),
+                }
+            )
     return rows
 
 
-def ratio_to_random(curves: Curves, spent: dict[int, float], target: float,
-                    unit: str) -> float | None:
-    ratios = [value / compute_to_reach(curves["random"][seed], target, unit)
-              for seed, value in spent.items() if seed in curves.get("random", {})]
+def ratio_to_random(
+    curves: Curves, spent: dict[int, float], target: float, unit: str
+) -> float | None:
+    ratios = [
+        value / compute_to_reach(curves["random"][seed], target, unit)
+        for seed, value in spent.items()
+        if seed in curves.get("random", {})
+    ]
     return median_or_none(ratios)
 
 
@@ -264,18 +310,33 @@ def plot(curves: Curves, targets: dict[str, float], file: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     colors = dict(zip(ARMS, ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=True))
-    units = {"cpu_s": "trial compute, CPU-seconds (contended 2-core CPU)",
-             "steps": "trial compute, training steps"}
+    units = {
+        "cpu_s": "trial compute, CPU-seconds (contended 2-core CPU)",
+        "steps": "trial compute, training steps",
+    }
     for ax, (unit, label) in zip(axes, units.items(), strict=True):
         for arm, per_seed in curves.items():
             for i, (_, points) in enumerate(sorted(per_seed.items())):
-                ax.step([p[unit] for p in points], [p["best_fid"] for p in points],
-                        where="post", color=colors[arm], alpha=0.8,
-                        label=arm if i == 0 else None)
+                ax.step(
+                    [p[unit] for p in points],
+                    [p["best_fid"] for p in points],
+                    where="post",
+                    color=colors[arm],
+                    alpha=0.8,
+                    label=arm if i == 0 else None,
+                )
         for name, target in targets.items():
             ax.axhline(target, color="gray", linestyle="--", linewidth=1)
-            ax.text(0.99, target, f"target: {name} ", transform=ax.get_yaxis_transform(),
-                    fontsize=8, color="gray", ha="right", va="bottom")
+            ax.text(
+                0.99,
+                target,
+                f"target: {name} ",
+                transform=ax.get_yaxis_transform(),
+                fontsize=8,
+                color="gray",
+                ha="right",
+                va="bottom",
+            )
         ax.set_xlabel(label + ", sequential-equivalent")
         ax.set_yscale("log")
     axes[0].set_ylabel("best FID so far (classifier features)")
@@ -287,6 +348,7 @@ def plot(curves: Curves, targets: dict[str, float], file: Path) -> None:
 
 # ---- main --------------------------------------------------------------------------------
 
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -294,12 +356,21 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=30, help="steps per search trial (demo: 400)")
     p.add_argument("--eval-every", type=int, default=15, help="(demo: 100)")
     p.add_argument("--eval-samples", type=int, default=500, help="(demo: 500)")
-    p.add_argument("--target-fid", type=float, default=None,
-                   help="an extra target FID (always reported: the 'random' and 'seed_recipe' "
-                        "targets, see default_targets)")
+    p.add_argument(
+        "--target-fid",
+        type=float,
+        default=None,
+        help="an extra target FID (always reported: the 'random' and 'seed_recipe' "
+        "targets, see default_targets)",
+    )
     p.add_argument("--storage", type=Path, default=None, help="default: a temporary directory")
-    p.add_argument("--reanalyse", type=Path, default=None, metavar="JSON",
-                   help="redo tables and plot from an earlier bench/results JSON, run nothing")
+    p.add_argument(
+        "--reanalyse",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="redo tables and plot from an earlier bench/results JSON, run nothing",
+    )
     return p.parse_args()
 
 
@@ -309,7 +380,7 @@ def run_all(args: argparse.Namespace, storage: Path) -> list[Path]:
     experiments: list[Path] = []
     try:
         for i, seed in enumerate(args.seeds):
-            order = list(RUNNERS)[i % len(RUNNERS):] + list(RUNNERS)[:i % len(RUNNERS)]
+            order = list(RUNNERS)[i % len(RUNNERS) :] + list(RUNNERS)[: i % len(RUNNERS)]
             for runner in order:
                 print(f"seed {seed}: {runner}", flush=True)
                 experiments += RUNNERS[runner](storage, seed, args)
@@ -334,11 +405,18 @@ def main() -> None:
     args = parse_args()
     if args.reanalyse:  # only redo the tables and the plot from an earlier run's JSON
         earlier = json.loads(args.reanalyse.read_text())
-        curves = {arm: {int(seed): c for seed, c in per_seed.items()}
-                  for arm, per_seed in earlier["curves"].items()}
+        curves = {
+            arm: {int(seed): c for seed, c in per_seed.items()}
+            for arm, per_seed in earlier["curves"].items()
+        }
         trials_out, storage = earlier["trials"], earlier["settings"]["storage"]
-        args = argparse.Namespace(**{**earlier["settings"], "target_fid": args.target_fid,
-                                     "reanalysed_from": earlier["command"]})
+        args = argparse.Namespace(
+            **{
+                **earlier["settings"],
+                "target_fid": args.target_fid,
+                "reanalysed_from": earlier["command"],
+            }
+        )
     else:
         storage = args.storage or Path(tempfile.mkdtemp(prefix="raygan-bench-search-"))
         curves, trials_out = collect(run_all(args, storage))
@@ -350,11 +428,20 @@ def main() -> None:
     png = Path(__file__).resolve().parent / "results" / "search_efficiency.png"
     png.parent.mkdir(parents=True, exist_ok=True)
     plot(curves, targets, png)
-    settings = {**vars(args), "storage": str(storage), "targets": targets,
-                "concurrency": CONCURRENCY, "scratch_recipe": SCRATCH_RECIPE}
+    settings = {
+        **vars(args),
+        "storage": str(storage),
+        "targets": targets,
+        "concurrency": CONCURRENCY,
+        "scratch_recipe": SCRATCH_RECIPE,
+    }
     settings.pop("reanalyse", None)
-    print("wrote", write_results("search_efficiency", settings, rows, curves=curves,
-                                 trials=trials_out), "and", png)
+    print(
+        "wrote",
+        write_results("search_efficiency", settings, rows, curves=curves, trials=trials_out),
+        "and",
+        png,
+    )
 
 
 if __name__ == "__main__":

@@ -85,8 +85,9 @@ class RayganStep:
         return [self.models.g, self.models.d]
 
 
-def batch_stream(batch_size: int, device: torch.device, channels_last: bool,
-                 count: int = 8) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batch_stream(
+    batch_size: int, device: torch.device, channels_last: bool, count: int = 8
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     data = load_dataset("demo:target", 64)
     gen = torch.Generator().manual_seed(0)
     batches = []
@@ -110,8 +111,9 @@ def timed(step: Step, batch: tuple[torch.Tensor, torch.Tensor], device: torch.de
     return time.perf_counter() - start
 
 
-def interleaved_rep(sides: dict[str, Step], batches: Iterator, steps: int,
-                    device: torch.device) -> dict[str, float]:
+def interleaved_rep(
+    sides: dict[str, Step], batches: Iterator, steps: int, device: torch.device
+) -> dict[str, float]:
     """Images/s of each side over `steps` steps, alternating sides step by step (ABBA...),
     so both sides see the same background load."""
     names = list(sides)
@@ -162,11 +164,18 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="steps per timed repetition")
     p.add_argument("--reps", type=int, default=5, help="interleaved repetitions per side")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (Ray gives a 1-CPU trial 1 thread)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (Ray gives a 1-CPU trial 1 thread)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--channels-last", action="store_true",
-                   help="both sides in channels_last memory format (meant for GPU)")
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="both sides in channels_last memory format (meant for GPU)",
+    )
     return p.parse_args()
 
 
@@ -176,8 +185,18 @@ def main() -> None:
     torch.manual_seed(0)
     device = torch.device(args.device)
     rows = [measure(b, args, device) for b in args.batches]
-    print_table(rows, ["batch", "raygan_img_s", "plain_img_s", "ratio_median", "ratio_min",
-                       "ratio_max", "target"])
+    print_table(
+        rows,
+        [
+            "batch",
+            "raygan_img_s",
+            "plain_img_s",
+            "ratio_median",
+            "ratio_min",
+            "ratio_max",
+            "target",
+        ],
+    )
     settings = {**vars(args), "resolution": 64, "base": "demo"}
     print("wrote", write_results("step_throughput", settings, rows))
 

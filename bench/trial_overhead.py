@@ -49,13 +49,18 @@ SPACES = {1: ROOT / "search_spaces" / "demo.yaml", 2: ROOT / "search_spaces" / "
 TARGET_ONE_WORKER_S = 5.0
 
 
-def tiny_search(workers: int, name: str, storage: Path, args: argparse.Namespace,
-                *extra: str) -> SearchConfig:
+def tiny_search(
+    workers: int, name: str, storage: Path, args: argparse.Namespace, *extra: str
+) -> SearchConfig:
     """The shipped demo space for `workers`, cut to one short trial (demo evaluation settings)."""
     overrides = [
-        f"name={name}", f"storage={storage}", "num_trials=1",
-        f"trial.steps={args.steps}", f"trial.eval_every={args.eval_every}",
-        f"trial.eval_samples={args.eval_samples}", *extra,
+        f"name={name}",
+        f"storage={storage}",
+        "num_trials=1",
+        f"trial.steps={args.steps}",
+        f"trial.eval_every={args.eval_every}",
+        f"trial.eval_samples={args.eval_samples}",
+        *extra,
     ]
     return load_config(SearchConfig, SPACES[workers], overrides)
 
@@ -137,8 +142,9 @@ def first_result(experiment: Path) -> dict[str, Any]:
     return json.loads(result_file.read_text().splitlines()[0])
 
 
-def search_on_fresh_cluster(cfg: SearchConfig, probes: Path, reuse: bool = False
-                            ) -> tuple[dict[str, float], list[Event], Path]:
+def search_on_fresh_cluster(
+    cfg: SearchConfig, probes: Path, reuse: bool = False
+) -> tuple[dict[str, float], list[Event], Path]:
     """Runs `cfg` on a new local Ray cluster; returns time marks, probe events, experiment."""
     start = time.time()
     # address="local": never join another Ray cluster running on this shared machine.
@@ -153,8 +159,9 @@ def search_on_fresh_cluster(cfg: SearchConfig, probes: Path, reuse: bool = False
     return marks, read_probes(probes, marks["fit"], marks["end"]), Path(outcome.experiment)
 
 
-def measure(workers: int, rep: int, storage: Path, probes: Path,
-            args: argparse.Namespace) -> dict[str, Any]:
+def measure(
+    workers: int, rep: int, storage: Path, probes: Path, args: argparse.Namespace
+) -> dict[str, Any]:
     """One one-trial search; times in seconds from the `Tuner.fit()` call."""
     cfg = tiny_search(workers, f"overhead-{workers}w-{rep}", storage, args)
     marks, events, experiment = search_on_fresh_cluster(cfg, probes)
@@ -188,8 +195,9 @@ def actors_reused(experiment: Path) -> bool:
     return '_reuse_actors": true' in state_file.read_text().replace("\\", "")
 
 
-def measure_sequence(reuse: bool, rep: int, storage: Path, probes: Path,
-                     args: argparse.Namespace) -> dict[str, Any]:
+def measure_sequence(
+    reuse: bool, rep: int, storage: Path, probes: Path, args: argparse.Namespace
+) -> dict[str, Any]:
     """One-worker trials one after another (max_concurrent=1): the gap from each trial's last
     report to the next trial's first step is the per-trial overhead inside a search."""
     name = f"sequence-{'reuse' if reuse else 'fresh'}-{rep}"
@@ -210,9 +218,22 @@ def measure_sequence(reuse: bool, rep: int, storage: Path, probes: Path,
     }
 
 
-COLUMNS = ["ray_init_s", "new_processes", "import_raygan_s", "tune_running_s", "trial_fn_s",
-           "worker_inputs_s", "evaluator_s", "first_step_s", "first_report_s", "step1_s",
-           "tune_time_total_s", "elapsed_s", "before_fit_s", "search_total_s"]
+COLUMNS = [
+    "ray_init_s",
+    "new_processes",
+    "import_raygan_s",
+    "tune_running_s",
+    "trial_fn_s",
+    "worker_inputs_s",
+    "evaluator_s",
+    "first_step_s",
+    "first_report_s",
+    "step1_s",
+    "tune_time_total_s",
+    "elapsed_s",
+    "before_fit_s",
+    "search_total_s",
+]
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -234,8 +255,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--eval-samples", type=int, default=500)
-    p.add_argument("--sequence", type=int, default=3,
-                   help="trials in the one-worker sequence searches (0: skip them)")
+    p.add_argument(
+        "--sequence",
+        type=int,
+        default=3,
+        help="trials in the one-worker sequence searches (0: skip them)",
+    )
     return p.parse_args()
 
 
@@ -246,7 +271,8 @@ def main() -> None:
     # Inherited by the raylet and so by every worker it starts (prestarted ones included).
     os.environ["RAYGAN_BENCH_PROBES"] = str(probes)
     os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(PROBES_DIR), os.environ.get("PYTHONPATH")) if p)
+        p for p in (str(PROBES_DIR), os.environ.get("PYTHONPATH")) if p
+    )
     rows = []
     for rep in range(args.repeats):
         order = args.workers if rep % 2 == 0 else list(reversed(args.workers))
@@ -261,11 +287,15 @@ def main() -> None:
     summary = summarise(rows)
     print("\nseconds from the Tuner.fit() call (medians; ray_init_s is once per search):")
     print_table(summary)
-    print(f"\n{args.sequence} one-worker trials in sequence: gap from a trial's last report to "
-          "the next trial's first step")
+    print(
+        f"\n{args.sequence} one-worker trials in sequence: gap from a trial's last report to "
+        "the next trial's first step"
+    )
     print_table(sequences)
-    print("wrote", write_results("trial_overhead", vars(args), summary, runs=rows,
-                                 sequences=sequences))
+    print(
+        "wrote",
+        write_results("trial_overhead", vars(args), summary, runs=rows, sequences=sequences),
+    )
 
 
 if __name__ == "__main__":

@@ -67,8 +67,9 @@ def patch_search(module: ModuleType) -> None:
     run_trial = module.run_trial
 
     @functools.wraps(run_trial)
-    def run_trial_probed(cfg: Any, base: Any, data: Any, out_dir: Any, report: Callable,
-                         *args: Any, **kwargs: Any) -> Any:
+    def run_trial_probed(
+        cfg: Any, base: Any, data: Any, out_dir: Any, report: Callable, *args: Any, **kwargs: Any
+    ) -> Any:
         global first_step_pending
         first_step_pending = True
         record("run_trial:start")

@@ -25,6 +25,7 @@ from raygan.data import LabeledImages
 from raygan.metrics.features import (
     CLASSIFIER_VERSION,
     Classifier,
+    ClassifierFeatures,
     build_extractor,
     cache_dir,
     data_hash,
@@ -136,6 +137,14 @@ class Evaluator:
             return features
 
     @torch.no_grad()
+    def _predict(self, fake: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Predicted classes. The classifier extractor's features are the classifier's own
+        penultimate layer, so only its head runs again, not a second pass over the images."""
+        if isinstance(self.extractor, ClassifierFeatures):
+            return self.classifier.head(features.to(self.device)).argmax(dim=1).cpu()
+        return extract(self.classifier, fake, self.device).argmax(dim=1)
+
+    @torch.no_grad()
     def generate(self, generator: Generator, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Images for `labels` (default: the balanced evaluation labels) from fixed noise, so
         every evaluation of every trial scores the same latent points."""
@@ -165,7 +174,7 @@ class Evaluator:
     def score_images(self, fake: torch.Tensor, fake_labels: torch.Tensor) -> EvalResult:
         """Score any set of images in [-1, 1] with the classes they should show."""
         features = extract(self.extractor, fake, self.device)
-        predicted = extract(self.classifier, fake, self.device).argmax(dim=1)
+        predicted = self._predict(fake, features)
         self.fid.reset()
         self.fid.update(features.double(), real=False)
         self.kid.reset()
