@@ -78,9 +78,12 @@ def trial_processes(session_pid: int) -> list[int]:
 
 
 def reported_steps(experiment: Path) -> list[list[dict]]:
+    """Each started trial's reports, in order (a trial that has not reported yet is left out)."""
     rows = []
     for result in sorted(experiment.glob("*/result.json")):
-        rows.append([json.loads(line) for line in result.read_text().splitlines() if line.strip()])
+        reports = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if reports:
+            rows.append(reports)
     return rows
 
 
