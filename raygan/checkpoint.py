@@ -216,11 +216,10 @@ def infer_model_config(g: dict, d: dict, file: Path) -> ModelConfig:
         raise CheckpointError(f"{file}: not a raygan G/D state_dict ({e})") from None
 
 
-def check_matches_data(ckpt: Checkpoint, class_names: list[str], data_source: str) -> list[str]:
-    """Raise if the class counts differ; return the class names to train with."""
+def check_matches_data(ckpt: Checkpoint, class_names: list[str], data_source: str) -> None:
+    """Raise if the class counts differ; training uses the data set's class names."""
     if ckpt.model.num_classes != len(class_names):
         raise CheckpointError(
             f"checkpoint has {ckpt.model.num_classes} classes {ckpt.class_names[:5]} but the "
             f"data set {data_source} has {len(class_names)} classes {class_names[:5]}"
         )
-    return list(class_names)

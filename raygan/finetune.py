@@ -5,19 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from raygan.checkpoint import check_matches_data
 from raygan.config import FinetuneConfig
-from raygan.data import load_dataset
-from raygan.demo import load_base
+from raygan.demo import load_base_and_data
 from raygan.progress import print_report
 from raygan.tensorboard import TrialLog
 from raygan.trial import TrialResult, run_trial
 
 
 def finetune(cfg: FinetuneConfig, resume_from: Path | None = None) -> TrialResult:
-    base = load_base(cfg.base)
-    data = load_dataset(cfg.data, base.model.resolution, cfg.skip_corrupt)
-    data.class_names = check_matches_data(base, data.class_names, cfg.data)
+    base, data = load_base_and_data(cfg.base, cfg.data, cfg.skip_corrupt)
     out = Path(cfg.output)
     log = TrialLog(out / "tensorboard", cfg.model_dump())
     try:

@@ -19,10 +19,10 @@ from typing import Any
 import ray
 from ray import tune
 
-from raygan.checkpoint import check_matches_data
+from raygan.checkpoint import Checkpoint
 from raygan.config import Choice, IntRange, LogUniform, SearchConfig, TrialConfig
-from raygan.data import LabeledImages, load_dataset
-from raygan.demo import load_base
+from raygan.data import LabeledImages
+from raygan.demo import load_base_and_data
 from raygan.errors import ConfigError
 from raygan.export import export_best, read_trials
 from raygan.model import Discriminator, Generator, max_freeze
@@ -41,11 +41,9 @@ TRAIN_DRIVER_RESOURCES = {"CPU": 0, "memory": 2**20}
 # ---- before any trial starts -------------------------------------------------------------
 
 
-def preflight(cfg: SearchConfig) -> LabeledImages:
+def preflight(cfg: SearchConfig) -> tuple[Checkpoint, LabeledImages]:
     """Load and cross-check data, base model and space, so bad input fails in seconds."""
-    base = load_base(cfg.base)
-    data = load_dataset(cfg.data, base.model.resolution, cfg.skip_corrupt)
-    check_matches_data(base, data.class_names, cfg.data)
+    base, data = load_base_and_data(cfg.base, cfg.data, cfg.skip_corrupt)
     g, d = Generator(base.model), Discriminator(base.model)
     for name, net in (("freeze_g", g), ("freeze_d", d)):
         deepest = _upper(cfg, name)
@@ -54,7 +52,7 @@ def preflight(cfg: SearchConfig) -> LabeledImages:
                 f"{name} reaches {deepest} but {cfg.base} has {max_freeze(net)} freezable blocks"
             )
     data.require_batch(int(_upper(cfg, "batch_size")))
-    return data
+    return base, data
 
 
 def _upper(cfg: SearchConfig, name: str) -> float:
@@ -208,10 +206,9 @@ class TrialContext:
     tensorboard_root: str  # always a filesystem path
 
 
-def _load_inputs(ctx: TrialContext) -> tuple[SearchConfig, Any, LabeledImages]:
+def _load_inputs(ctx: TrialContext) -> tuple[SearchConfig, Checkpoint, LabeledImages]:
     search = SearchConfig.model_validate(ctx.search)
-    base = load_base(search.base)
-    data = load_dataset(search.data, base.model.resolution, search.skip_corrupt)
+    base, data = load_base_and_data(search.base, search.data, search.skip_corrupt)
     return search, base, data
 
 
@@ -395,7 +392,7 @@ def run_search(
     """Run (or resume) the search, export the best model and summarise.
 
     Bad input fails before any trial starts."""
-    data = preflight(cfg)
+    base, data = preflight(cfg)
     joined = connect(address, ray_train=cfg.workers > 1)
     concurrency = check_resources(cfg, may_grow=joined)
     if resume:
@@ -417,7 +414,7 @@ def run_search(
         tuner = build_tuner(cfg, root, concurrency, ctx)
     log.info("search %s: %d trials, up to %d at once", experiment, cfg.num_trials, concurrency)
     local = "://" not in experiment
-    pretrained = score_pretrained(cfg, data, Path(experiment)) if local else {"fid": math.nan}
+    pretrained = score_pretrained(cfg, base, data, Path(experiment)) if local else {"fid": math.nan}
     tuner.fit()
     if not local:
         return SearchOutcome(

@@ -8,20 +8,21 @@ import math
 from pathlib import Path
 from typing import Any
 
+from raygan.checkpoint import Checkpoint
 from raygan.config import SearchConfig
 from raygan.data import LabeledImages
-from raygan.demo import load_base
 from raygan.metrics.evaluate import Evaluator, objective
 
 BASELINE_FILE = "pretrained.json"
 
 
-def score_pretrained(cfg: SearchConfig, data: LabeledImages, experiment: Path) -> dict[str, Any]:
+def score_pretrained(
+    cfg: SearchConfig, base: Checkpoint, data: LabeledImages, experiment: Path
+) -> dict[str, Any]:
     """FID of the base model before any fine-tuning, scored once per experiment."""
     file = experiment / BASELINE_FILE
     if file.exists():
         return json.loads(file.read_text())
-    base = load_base(cfg.base)
     g, _ = base.build()
     trial = cfg.trial
     scores = Evaluator(data, trial.eval_samples, trial.feature_extractor, trial.inception_weights)
