@@ -17,7 +17,11 @@ from typing import Any
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# RAYGAN_BENCH_RESULTS sends the JSON elsewhere, to try a script without touching the recorded
+# numbers in bench/results.
+RESULTS = Path(
+    os.environ.get("RAYGAN_BENCH_RESULTS") or Path(__file__).resolve().parent / "results"
+)
 CONTENTION_NOTE = (
     "2-core CPU shared with a concurrently running test suite: absolute times are inflated "
     "and noisy; compare ratios measured interleaved within one run."
@@ -35,7 +39,7 @@ def cpu_model() -> str:
     return "unknown"
 
 
-def machine() -> dict[str, Any]:
+def machine(note: str = CONTENTION_NOTE) -> dict[str, Any]:
     return {
         "cpu_model": cpu_model(),
         "cpu_cores": os.cpu_count(),
@@ -43,7 +47,7 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "load_average_at_start": list(os.getloadavg()),
-        "note": CONTENTION_NOTE,
+        "note": note,
     }
 
 
@@ -52,15 +56,21 @@ def command() -> str:
 
 
 def write_results(
-    name: str, settings: dict[str, Any], rows: list[dict[str, Any]], **extra: Any
+    name: str,
+    settings: dict[str, Any],
+    rows: list[dict[str, Any]],
+    path: Path | None = None,
+    note: str = CONTENTION_NOTE,
+    **extra: Any,
 ) -> Path:
-    """bench/results/<name>.json: date, machine, exact command, settings and measured rows."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    """bench/results/<name>.json (or `path`): date, machine, exact command, settings and
+    measured rows."""
+    path = path or RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "name": name,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine(note),
         "command": command(),
         "settings": settings,
         "rows": rows,

@@ -34,8 +34,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from raygan.config import TrialConfig
 from raygan.data import load_dataset, sample_batches
 from raygan.demo import load_base
-from raygan.model import trainable_parameters
-from raygan.trial import build_models, train_step
+from raygan.recipe import build_recipe
+from raygan.trial import build_models, train_step, trainable_parameters
 
 
 @dataclass(frozen=True)
@@ -74,17 +74,18 @@ def worker(rank: int, setup: Setup, steps: int, warmup: int, port: int, out: str
             "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=setup.workers
         )
     base = load_base("demo")
-    data = load_dataset("demo:target", base.model.resolution)
+    data = load_dataset("demo:target", base.spec["resolution"])
     cfg = TrialConfig(batch_size=setup.batch_per_worker, lr=2e-4)
     m = build_models(cfg, base, torch.device("cpu"))
+    recipe = build_recipe(cfg, m.model)
     stream = sample_batches(data, setup.batch_per_worker, seed=rank)
     batches = [next(stream) for _ in range(8)]
     for i in range(warmup):
-        train_step(m, *batches[i % 8], cfg, data.num_classes)
+        train_step(m, [batches[i % 8]], cfg, recipe, i + 1)
     barrier(setup)
     start = time.perf_counter()
     for i in range(steps):
-        train_step(m, *batches[i % 8], cfg, data.num_classes)
+        train_step(m, [batches[i % 8]], cfg, recipe, warmup + i + 1)
     barrier(setup)
     seconds = time.perf_counter() - start
     result = {"images_per_s": steps * setup.global_batch / seconds, "step_s": seconds / steps}
@@ -125,10 +126,10 @@ def model_facts(batch: int = 16) -> dict:
     base = load_base("demo")
     cfg = TrialConfig(batch_size=batch)
     m = build_models(cfg, base, torch.device("cpu"))
-    data = load_dataset("demo:target", base.model.resolution)
-    real, labels = next(sample_batches(data, batch, seed=0))
+    data = load_dataset("demo:target", base.spec["resolution"])
+    batches = [next(sample_batches(data, batch, seed=0))]
     with FlopCounterMode(display=False) as counter:
-        train_step(m, real, labels, cfg, data.num_classes)
+        train_step(m, batches, cfg, build_recipe(cfg, m.model), 1)
     params = {
         name: sum(p.numel() for p in trainable_parameters(net))
         for name, net in (("g", m.g_plain), ("d", m.d_plain))
@@ -138,8 +139,8 @@ def model_facts(batch: int = 16) -> dict:
         "params_d": params["d"],
         "grad_bytes_per_step": 4 * (params["g"] + params["d"]),  # fp32 grads, D then G
         "flops_per_step_batch16": counter.get_total_flops(),
-        "resolution": base.model.resolution,
-        "channels": base.model.channels,
+        "resolution": base.spec["resolution"],
+        "channels": base.spec["channels"],
     }
 
 

@@ -32,6 +32,8 @@ from raygan.data import LabeledImages, load_dataset, sample_batches
 from raygan.demo import load_base
 from raygan.metrics.evaluate import Evaluator, extract
 from raygan.metrics.prdc import collapse_score, per_class_prdc, prdc
+from raygan.models.seam import GanModel, sample_images
+from raygan.recipe import Recipe, build_recipe
 from raygan.trial import Models, build_models, make_checkpoint, train_step
 
 # The trial settings of the shipped demo search (steps, eval_every, eval_samples, batch).
@@ -73,12 +75,12 @@ def mtimes(directory: Path) -> dict[str, float]:
     return {p.name: p.stat().st_mtime for p in directory.iterdir() if p.suffix == ".safetensors"}
 
 
-def phases(ev: Evaluator, g: torch.nn.Module) -> dict[str, float]:
+def phases(ev: Evaluator, model: GanModel) -> dict[str, float]:
     """The steps of `Evaluator.evaluate` one by one (same calls, same order), timed."""
     t: dict[str, float] = {}
-    fake, t["generate"] = timed(ev.generate, g)
+    fake, t["generate"] = timed(sample_images, model, ev.fake_labels, ev.seed)
     features, t["features"] = timed(extract, ev.extractor, fake, ev.device)
-    _, t["classifier"] = timed(lambda: extract(ev.classifier, fake, ev.device).argmax(dim=1))
+    _, t["classifier"] = timed(ev._predict, fake, features)
 
     def fid() -> float:
         ev.fid.reset()
@@ -106,12 +108,11 @@ def phases(ev: Evaluator, g: torch.nn.Module) -> dict[str, float]:
     return t
 
 
-def train_block(m: Models, batches: Any, steps: int, num_classes: int) -> float:
-    """Seconds per training step over `steps` steps."""
+def train_block(m: Models, recipe: Recipe, batches: Any, steps: int) -> float:
+    """Seconds per training step over `steps` steps (the demo recipe ignores step numbers)."""
     start = time.perf_counter()
-    for _ in range(steps):
-        real, labels = next(batches)
-        train_step(m, real, labels, DEMO, num_classes)
+    for step in range(1, steps + 1):
+        train_step(m, [next(batches)], DEMO, recipe, step)
     return (time.perf_counter() - start) / steps
 
 
@@ -121,17 +122,18 @@ def cost_rows(
     base = load_base("demo")
     ev = Evaluator(data, DEMO.eval_samples)
     m = build_models(DEMO, base, torch.device("cpu"))
+    recipe = build_recipe(DEMO, m.model)
     batches = sample_batches(data, DEMO.batch_size, seed=0)
-    train_block(m, batches, 2, data.num_classes)  # warm-up
-    ev.evaluate(m.g_plain)
+    train_block(m, recipe, batches, 2)  # warm-up
+    ev.evaluate(m.model)
     samples: dict[str, list[float]] = {}
     for rep in range(args.reps):
-        _, total = timed(ev.evaluate, m.g_plain)
-        split = phases(ev, m.g_plain)
-        _, grid = timed(ev.sample_grid, m.g_plain)
-        ckpt = make_checkpoint(m, base, data.class_names, {"step": rep})
+        _, total = timed(ev.evaluate, m.model)
+        split = phases(ev, m.model)
+        _, grid = timed(ev.sample_grid, m.model)
+        ckpt = make_checkpoint(m, recipe, data.class_names, {"step": rep})
         _, save = timed(save_checkpoint, ckpt, scratch / f"ckpt-{rep}")
-        step = train_block(m, batches, args.steps, data.num_classes)
+        step = train_block(m, recipe, batches, args.steps)
         for name, value in {
             "evaluate (total)": total,
             **split,

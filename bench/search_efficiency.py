@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from common import print_table, write_results
+from common import RESULTS, print_table, write_results
 from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -425,7 +425,7 @@ def main() -> None:
         targets["given"] = args.target_fid
     rows = summarise(curves, targets)
     print_table(rows)
-    png = Path(__file__).resolve().parent / "results" / "search_efficiency.png"
+    png = RESULTS / "search_efficiency.png"
     png.parent.mkdir(parents=True, exist_ok=True)
     plot(curves, targets, png)
     settings = {

@@ -14,7 +14,7 @@ cancels.
 from __future__ import annotations
 
 import argparse
-import math
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 
@@ -26,44 +26,59 @@ from raygan.checkpoint import Checkpoint
 from raygan.config import TrialConfig
 from raygan.data import load_dataset
 from raygan.demo import load_base
+from raygan.models.builtin import one_hot
+from raygan.models.seam import GanModel
+from raygan.recipe import build_recipe
 from raygan.trial import build_models, train_step
 
 Step = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 class PlainLoop:
-    """The hand-written baseline: same networks, optimiser and losses, nothing else."""
+    """The hand-written baseline: the same G and D called directly, Adam and BCE, nothing else.
 
-    def __init__(self, base: Checkpoint, cfg: TrialConfig, device: torch.device) -> None:
-        g, d = base.build()
-        self.g, self.d = g.to(device), d.to(device)
+    `encode` turns class indices into what G and D take (default: one-hot, as the built-in
+    model does); `bf16` runs both under bf16 autocast (default: on CUDA, as `train_step`)."""
+
+    def __init__(
+        self,
+        model: GanModel,
+        cfg: TrialConfig,
+        device: torch.device,
+        encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        bf16: bool | None = None,
+    ) -> None:
+        model.to(device)
+        self.g, self.d = model.g, model.d
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr, betas=betas)
-        self.num_classes = base.model.num_classes
-        self.latent_dim = base.model.latent_dim
-        self.group = math.gcd(4, cfg.batch_size)
+        self.latent_dim = model.latent_dim
+        self.encode = encode or (lambda labels: one_hot(labels, model.num_classes))
         n = cfg.batch_size
         self.d_targets = torch.cat([torch.ones(n), torch.zeros(n)]).to(device)
         self.g_targets = torch.ones(n, device=device)
-        self.autocast = device.type == "cuda"  # same precision policy as train_step
+        self.bf16 = device.type == "cuda" if bf16 is None else bf16
         self.device = device
 
     def networks(self) -> list[torch.nn.Module]:
         return [self.g, self.d]
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
     def __call__(self, real: torch.Tensor, labels: torch.Tensor) -> None:
-        y = F.one_hot(labels, self.num_classes).float()
+        y = self.encode(labels)
         z = torch.randn(len(real), self.latent_dim, device=self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+        with self.autocast():
             fake = self.g(z, y)
-            logits = self.d(torch.cat([real, fake.detach()]), torch.cat([y, y]), self.group)
+            logits = self.d(torch.cat([real, fake.detach()]), torch.cat([y, y])).reshape(-1)
             loss_d = F.binary_cross_entropy_with_logits(logits.float(), self.d_targets)
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            logits = self.d(fake, y, self.group)
+        with self.autocast():
+            logits = self.d(fake, y).reshape(-1)
             loss_g = F.binary_cross_entropy_with_logits(logits.float(), self.g_targets)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -71,15 +86,17 @@ class PlainLoop:
 
 
 class RayganStep:
-    """raygan's own path: `build_models` then `train_step`."""
+    """raygan's own path: `build_models`, `build_recipe`, then `train_step`."""
 
     def __init__(self, base: Checkpoint, cfg: TrialConfig, device: torch.device) -> None:
         self.models = build_models(cfg, base, device)
+        self.recipe = build_recipe(cfg, self.models.model)
         self.cfg = cfg
-        self.num_classes = base.model.num_classes
+        self.step = 0
 
     def __call__(self, real: torch.Tensor, labels: torch.Tensor) -> None:
-        train_step(self.models, real, labels, self.cfg, self.num_classes)
+        self.step += 1
+        train_step(self.models, [(real, labels)], self.cfg, self.recipe, self.step)
 
     def networks(self) -> list[torch.nn.Module]:
         return [self.models.g, self.models.d]
@@ -132,7 +149,7 @@ def measure(batch_size: int, args: argparse.Namespace, device: torch.device) -> 
     cfg = TrialConfig(batch_size=batch_size, lr=2e-4, beta1=0.5)
     sides: dict[str, RayganStep | PlainLoop] = {
         "raygan": RayganStep(base, cfg, device),
-        "plain": PlainLoop(base, cfg, device),
+        "plain": PlainLoop(base.build(), cfg, device),
     }
     if args.channels_last:  # weights keep their Parameter objects, so optimisers still match
         for side in sides.values():

@@ -66,15 +66,15 @@ def tiny_search(
 
 
 @contextlib.contextmanager
-def reused_actors(enabled: bool) -> Iterator[None]:
-    """What-if for the sequence mode: `run_search`'s Tuner with `reuse_actors=True`, whatever
-    `build_tuner` passes."""
+def actor_reuse(reuse: bool | None) -> Iterator[None]:
+    """What-if for the sequence mode: `run_search`'s Tuner with `reuse_actors=reuse`, whatever
+    `build_tuner` passes (None: as it passes)."""
     original = tune.TuneConfig
 
     def with_reuse(*args: Any, **kwargs: Any) -> tune.TuneConfig:
-        return original(*args, **{**kwargs, "reuse_actors": True})
+        return original(*args, **{**kwargs, "reuse_actors": reuse})
 
-    if enabled:
+    if reuse is not None:
         tune.TuneConfig = with_reuse
     try:
         yield
@@ -143,7 +143,7 @@ def first_result(experiment: Path) -> dict[str, Any]:
 
 
 def search_on_fresh_cluster(
-    cfg: SearchConfig, probes: Path, reuse: bool = False
+    cfg: SearchConfig, probes: Path, reuse: bool | None = None
 ) -> tuple[dict[str, float], list[Event], Path]:
     """Runs `cfg` on a new local Ray cluster; returns time marks, probe events, experiment."""
     start = time.time()
@@ -151,7 +151,7 @@ def search_on_fresh_cluster(
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     marks = {"start": start, "call": time.time()}
     try:
-        with fit_start_recorder(marks), reused_actors(reuse):
+        with fit_start_recorder(marks), actor_reuse(reuse):
             outcome = run_search(cfg)
         marks["end"] = time.time()
     finally:

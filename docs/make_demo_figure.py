@@ -1,22 +1,22 @@
 """Draws docs/demo.png: demo source and target images, and generated samples of the demo base
 model before and after fine-tuning (an export directory).
 
-    python docs/make_demo_figure.py runs/demo/export
+    python docs/make_demo_figure.py runs/demo/export [--out docs/demo.png]
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
 from torchvision.utils import make_grid
 
-from raygan.checkpoint import load_checkpoint
+from raygan.checkpoint import Checkpoint, load_checkpoint
 from raygan.data import load_dataset
 from raygan.demo import load_base
-from raygan.export import sample_images
+from raygan.models.seam import sample_images
 
 PER_CLASS = 2
 
@@ -29,12 +29,13 @@ def real_row(spec: str) -> torch.Tensor:
     return data.batch(torch.tensor(picks))[0].add(1).div(2)
 
 
-def generated_row(checkpoint) -> torch.Tensor:
-    generator, _ = checkpoint.build()
-    return torch.cat([sample_images(generator, c, PER_CLASS, seed=c) for c in range(10)])
+def generated_row(checkpoint: Checkpoint) -> torch.Tensor:
+    model = checkpoint.build()
+    images = [sample_images(model, torch.full((PER_CLASS,), c), seed=c) for c in range(10)]
+    return torch.cat(images).add(1).div(2).clamp(0, 1)
 
 
-def main(export: str) -> None:
+def main(export: str, out: Path) -> None:
     rows = {
         "source domain (photos)": real_row("demo:source:200"),
         "target domain (cartoons, 500 images)": real_row("demo:target"),
@@ -51,10 +52,13 @@ def main(export: str) -> None:
         draw.text((4, top + 3), title, fill="black")
         array = grid.mul(255).round().byte().permute(1, 2, 0).numpy()
         canvas.paste(Image.fromarray(array), (0, top + label_h))
-    out = Path(__file__).with_name("demo.png")
     canvas.save(out)
     print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("export", help="export directory of the demo search")
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("demo.png"))
+    args = parser.parse_args()
+    main(args.export, args.out)

@@ -2,7 +2,7 @@
 
     CKPT/generator.safetensors      G's state_dict
     CKPT/discriminator.safetensors  D's state_dict
-    CKPT/raygan.json                architecture, class names, training state
+    CKPT/raygan.json                model spec (adapter, architecture), class names, state
     CKPT/optimizer.pt               optional; Adam states, loaded with weights_only=True
 
 Writes go to a temporary sibling directory that is renamed into place, so a killed process
@@ -24,7 +24,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from raygan.errors import CheckpointError
-from raygan.model import Discriminator, Generator, ModelConfig
+from raygan.fsio import fsync_dir, fsync_tree
+from raygan.models import build
+from raygan.models.builtin import ModelConfig
+from raygan.models.seam import GanModel
 
 FORMAT = "raygan-checkpoint"
 SIDECAR = "raygan.json"
@@ -35,37 +38,23 @@ OPTIM_FILE = "optimizer.pt"
 
 @dataclass
 class Checkpoint:
-    model: ModelConfig
+    spec: dict[str, Any]  # GanModel.spec(): rebuilds the modules through the seam's registry
     class_names: list[str]
     generator: dict[str, torch.Tensor]
     discriminator: dict[str, torch.Tensor]
     state: dict[str, Any] = field(default_factory=dict)  # step, hyperparameters, metrics
     optimizer: dict[str, Any] | None = None
 
-    def build(self) -> tuple[Generator, Discriminator]:
-        """Instantiate G and D with these weights; a shape mismatch names the tensor."""
-        g, d = Generator(self.model), Discriminator(self.model)
-        _load_state(g, self.generator, "generator")
-        _load_state(d, self.discriminator, "discriminator")
-        return g, d
+    def build(self) -> GanModel:
+        """The model with these weights; a mismatch names the tensor and both shapes."""
+        model = build(self.spec, len(self.class_names))
+        model.load_state_dicts(self.generator, self.discriminator, "checkpoint")
+        return model
 
-
-def _load_state(net: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{what} weights do not match the architecture: missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}"
-        )
-    for name, tensor in expected.items():
-        if state[name].shape != tensor.shape:
-            raise CheckpointError(
-                f"{what} tensor {name} has shape {tuple(state[name].shape)} in the checkpoint "
-                f"but {tuple(tensor.shape)} in the model"
-            )
-    net.load_state_dict(state)
+    @classmethod
+    def of(cls, model: GanModel, class_names: list[str], state: dict[str, Any]) -> Checkpoint:
+        g, d = model.state_dicts()
+        return cls(model.spec(), list(class_names), g, d, state)
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -85,7 +74,7 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
         sidecar = {
             "format": FORMAT,
             "version": 1,
-            "model": ckpt.model.to_dict(),
+            "model": ckpt.spec,
             "class_names": list(ckpt.class_names),
             "state": ckpt.state,
         }
@@ -106,13 +95,19 @@ def _make_readable(directory: Path) -> None:
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
-    """Move `src` to `dst`; an existing `dst` stays whole until the new one is in place."""
+    """Move `src` to `dst`; an existing `dst` stays whole until the new one is in place.
+
+    Durable across a crash: `src`'s files reach the disk before the rename can, and the
+    parent directory is synced after it, so `dst` is never a name for missing data."""
+    fsync_tree(src)
     if not dst.exists():
         os.replace(src, dst)
+        fsync_dir(dst.parent)
         return
     old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.", dir=dst.parent))
     os.replace(dst, old / "x")
     os.replace(src, dst)
+    fsync_dir(dst.parent)  # before the old copy goes: a crash must leave one of them
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -124,21 +119,22 @@ def load_checkpoint(path: str | Path, with_optimizer: bool = False) -> Checkpoin
     if path.is_file():
         return load_state_dict_file(path)
     sidecar = _read_sidecar(path)
-    try:
-        model = ModelConfig(**sidecar["model"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path / SIDECAR}: invalid model config: {e}") from None
+    spec = sidecar["model"]
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"{path / SIDECAR}: field 'model' must be a mapping")
+    spec = {"adapter": "raygan", **spec}  # sidecars before the model seam had no adapter
     ckpt = Checkpoint(
-        model=model,
+        spec=spec,
         class_names=list(sidecar["class_names"]),
         generator=_read_safetensors(path / G_FILE),
         discriminator=_read_safetensors(path / D_FILE),
         state=sidecar.get("state", {}),
     )
-    if len(ckpt.class_names) != model.num_classes:
+    declared = spec.get("num_classes", len(ckpt.class_names))
+    if len(ckpt.class_names) != declared:
         raise CheckpointError(
             f"{path / SIDECAR}: {len(ckpt.class_names)} class names for a model of "
-            f"{model.num_classes} classes"
+            f"{declared} classes"
         )
     if with_optimizer and (path / OPTIM_FILE).exists():
         ckpt.optimizer = _torch_load(path / OPTIM_FILE)
@@ -192,7 +188,7 @@ def load_state_dict_file(file: Path) -> Checkpoint:
         )
     model = infer_model_config(blob["generator"], blob["discriminator"], file)
     return Checkpoint(
-        model=model,
+        spec={"adapter": "raygan", **model.to_dict()},
         class_names=[str(i) for i in range(model.num_classes)],
         generator=blob["generator"],
         discriminator=blob["discriminator"],
@@ -216,10 +212,31 @@ def infer_model_config(g: dict, d: dict, file: Path) -> ModelConfig:
         raise CheckpointError(f"{file}: not a raygan G/D state_dict ({e})") from None
 
 
-def check_matches_data(ckpt: Checkpoint, class_names: list[str], data_source: str) -> None:
-    """Raise if the class counts differ; training uses the data set's class names."""
-    if ckpt.model.num_classes != len(class_names):
-        raise CheckpointError(
-            f"checkpoint has {ckpt.model.num_classes} classes {ckpt.class_names[:5]} but the "
-            f"data set {data_source} has {len(class_names)} classes {class_names[:5]}"
-        )
+StateDicts = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
+
+
+def read_weights(path: Path) -> StateDicts:
+    """G and D state dicts of any model, without unpickling code: a directory with
+    generator/discriminator `.safetensors` (or `.pt` state_dict files), or one `.pt` file
+    holding {"generator": ..., "discriminator": ...}."""
+    if path.is_file():
+        blob = _torch_load(path)
+        if not isinstance(blob, dict) or not {"generator", "discriminator"} <= set(blob):
+            raise CheckpointError(
+                f"{path}: expected a dict with 'generator' and 'discriminator' state_dicts"
+            )
+        return _tensors(blob["generator"], path), _tensors(blob["discriminator"], path)
+    for suffix, read in ((".safetensors", _read_safetensors), (".pt", _torch_load)):
+        g, d = path / f"generator{suffix}", path / f"discriminator{suffix}"
+        if g.exists() and d.exists():
+            return _tensors(read(g), g), _tensors(read(d), d)
+    raise CheckpointError(
+        f"{path}: expected generator.safetensors and discriminator.safetensors "
+        "(or generator.pt and discriminator.pt) in this directory"
+    )
+
+
+def _tensors(state: Any, origin: Path) -> dict[str, torch.Tensor]:
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{origin}: not a state_dict of tensors")
+    return state

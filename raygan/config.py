@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from raygan.augment import parse_augment
 from raygan.errors import ConfigError
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -29,7 +30,17 @@ class TrialConfig(Strict):
     beta2: float = Field(0.999, ge=0, lt=1)
     freeze_g: int = Field(0, ge=0)
     freeze_d: int = Field(0, ge=0)
-    augment: bool = False
+    # The recipe: loss, stabilisers and transfer regularisers (defaults: the plain recipe).
+    loss: Literal["bce", "hinge"] = "bce"
+    d_steps: int = Field(1, ge=1, le=5, description="D updates per G update")
+    augment: str = Field("none", description="none | diffaug[:ops] | ada[:ops]")
+    ema_decay: float | None = Field(None, ge=0, lt=1, description="generator EMA; None: off")
+    ema_start: int = Field(0, ge=0, description="steps before the EMA starts averaging")
+    r1_gamma: float = Field(0.0, ge=0, description="R1 penalty on real images")
+    r1_every: int = Field(16, ge=1, description="lazy R1: every N steps, scaled by N")
+    lecam_weight: float = Field(0.0, ge=0)
+    anchor_weight: float = Field(0.0, ge=0, description="L2-SP pull toward pretrained weights")
+    norm_affine_only: bool = Field(False, description="train only norm scale/shift + classes")
     eval_every: int = Field(100, ge=1)
     checkpoint_every: int | None = Field(None, ge=1, description="default: eval_every")
     eval_samples: int = Field(500, ge=20)
@@ -39,6 +50,15 @@ class TrialConfig(Strict):
     collapse_stop: float | None = Field(None, gt=0, le=1, description="stop when collapse exceeds")
     collapse_patience: int = Field(2, ge=1)
     seed: int = 0
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_policy(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # `augment: true` before policies existed
+            return "diffaug" if value else "none"
+        if isinstance(value, str):
+            parse_augment(value)  # ValueError names the bad part
+        return value
 
     @model_validator(mode="after")
     def _checkpoints_follow_evaluations(self) -> TrialConfig:
@@ -63,11 +83,49 @@ class TrialConfig(Strict):
         return self.checkpoint_every or self.eval_every
 
 
+ClassMap = dict[str, str | int]
+
+
+class RayganModelSpec(Strict):
+    """raygan's built-in architecture; `base` is a raygan checkpoint, a state_dict file or demo."""
+
+    adapter: Literal["raygan"] = "raygan"
+    class_map: ClassMap | None = None
+
+
+class TorchModelSpec(Strict):
+    """The user's own PyTorch G and D; `base` holds their weights."""
+
+    adapter: Literal["torch"]
+    factory: str = Field(pattern=r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$")
+    factory_args: dict[str, Any] = Field(default_factory=dict)
+    latent_dim: int = Field(128, ge=1)
+    labels: Literal["index", "onehot"] = "index"
+    freeze_g: list[str] | None = Field(None, description="freeze order; default: G's children")
+    freeze_d: list[str] | None = Field(None, description="freeze order; default: D's children")
+    class_map: ClassMap | None = None
+
+
+class KerasModelSpec(Strict):
+    """A Keras 3 CGAN; `base` is the directory with generator.keras and discriminator.keras."""
+
+    adapter: Literal["keras"]
+    latent_dim: int = Field(128, ge=1)
+    labels: Literal["index", "onehot"] = "onehot"
+    class_map: ClassMap | None = None
+
+
+ModelSpec = Annotated[
+    RayganModelSpec | TorchModelSpec | KerasModelSpec, Field(discriminator="adapter")
+]
+
+
 class FinetuneConfig(TrialConfig):
     """`raygan finetune`: one trial from a pretrained checkpoint on a data set."""
 
     data: str = "demo:target"
-    base: str = Field("demo", description="checkpoint dir, state_dict file, or 'demo'")
+    base: str = Field("demo", description="pretrained weights: see `model`")
+    model: ModelSpec = RayganModelSpec()
     output: str = "runs/finetune"
     skip_corrupt: bool = False
 
@@ -157,6 +215,13 @@ SEARCHABLE = (
     "freeze_d",
     "augment",
     "batch_size",
+    "loss",
+    "d_steps",
+    "ema_decay",
+    "r1_gamma",
+    "lecam_weight",
+    "anchor_weight",
+    "norm_affine_only",
 )
 
 
@@ -198,6 +263,7 @@ class SearchConfig(Strict):
     name: str = Field("raygan", pattern=r"^[A-Za-z0-9_.-]+$")
     data: str = "demo:target"
     base: str = "demo"
+    model: ModelSpec = RayganModelSpec()
     skip_corrupt: bool = False
     trial: TrialConfig = TrialConfig()
     space: dict[str, ParamSpec]
@@ -236,11 +302,31 @@ class SearchConfig(Strict):
                 TrialConfig.model_validate({**self.trial.model_dump(), **self.seed_recipe})
             except ValidationError as e:
                 raise ValueError(f"seed_recipe: {describe(e)}") from None
+            for name, value in self.seed_recipe.items():
+                if name in self.space and not _within(self.space[name], value):
+                    raise ValueError(f"seed_recipe.{name}: {value!r} is outside space.{name}")
+        return self
+
+    @model_validator(mode="after")
+    def _whole_gpus_for_ddp_workers(self) -> SearchConfig:
+        # With a fraction, Ray may pack two workers of one trial onto one GPU, where NCCL
+        # refuses to run (and gloo would only share the device).
+        if self.workers > 1 and not float(self.gpus_per_worker).is_integer():
+            raise ValueError(
+                f"gpus_per_worker ({self.gpus_per_worker:g}) must be a whole number when "
+                f"workers > 1 ({self.workers}): each DDP worker needs a GPU of its own"
+            )
         return self
 
     def trial_config(self, params: dict[str, Any]) -> TrialConfig:
         """The fixed trial settings with one trial's sampled hyperparameters."""
         return TrialConfig.model_validate({**self.trial.model_dump(), **params})
+
+
+def _within(spec: IntRange | Uniform | LogUniform | Choice, value: Any) -> bool:
+    if isinstance(spec, Choice):
+        return value in spec.values
+    return isinstance(value, (int, float)) and spec.low <= value <= spec.high
 
 
 def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:

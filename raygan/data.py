@@ -56,6 +56,17 @@ class LabeledImages:
                 f"{self.source} has {len(self)} images, fewer than one batch of {batch_size}"
             )
 
+    def require_per_class(self, minimum: int, why: str) -> None:
+        counts = torch.bincount(self.labels, minlength=self.num_classes)
+        pairs = zip(self.class_names, counts.tolist(), strict=True)
+        few = [(name, n) for name, n in pairs if n < minimum]
+        if few:
+            name, n = few[0]
+            raise DataError(
+                f"{self.source}: class '{name}' has {n} images; {why} need at least {minimum} "
+                f"per class ({len(few)} class(es) short)"
+            )
+
 
 def to_unit_range(images_uint8: torch.Tensor) -> torch.Tensor:
     return images_uint8.float().div(127.5).sub(1.0)

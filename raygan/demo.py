@@ -10,9 +10,8 @@ import logging
 from importlib import resources
 from pathlib import Path
 
-from raygan.checkpoint import Checkpoint, check_matches_data, load_checkpoint
+from raygan.checkpoint import Checkpoint, load_checkpoint
 from raygan.config import PretrainConfig
-from raygan.data import LabeledImages, load_dataset
 from raygan.metrics.features import cache_dir
 
 log = logging.getLogger(__name__)
@@ -34,16 +33,6 @@ def load_base(spec: str) -> Checkpoint:
         if (candidate / "raygan.json").exists():
             return load_checkpoint(candidate)
     return load_checkpoint(build_demo_base(cache_dir() / "demo-base"))
-
-
-def load_base_and_data(
-    base_spec: str, data_spec: str, skip_corrupt: bool
-) -> tuple[Checkpoint, LabeledImages]:
-    """The pretrained model, and the data set at its resolution; their class counts must agree."""
-    base = load_base(base_spec)
-    data = load_dataset(data_spec, base.model.resolution, skip_corrupt)
-    check_matches_data(base, data.class_names, data_spec)
-    return base, data
 
 
 def build_demo_base(out: Path) -> Path:

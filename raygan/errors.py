@@ -15,3 +15,7 @@ class DataError(RayganError):
 
 class CheckpointError(RayganError):
     """A checkpoint is missing, corrupt or does not match the model or data."""
+
+
+class ModelError(RayganError):
+    """A user's model cannot be loaded or breaks the G(z, y) / D(x, y) contract."""

@@ -1,7 +1,9 @@
 """Export: the best checkpoint over every evaluation of every trial, ready to sample from.
 
     OUT/generator.safetensors, discriminator.safetensors, raygan.json   the checkpoint
-    OUT/generator.pt2              G(z, y_onehot) as a torch.export program, for serving
+    OUT/generator.pt2              G(z, class index) as a torch.export program, for serving
+                                   (PyTorch models; Keras models: generator.keras and
+                                   discriminator.keras, loadable by plain Keras)
     OUT/samples.png                one row per class
     OUT/trials.parquet             every trial: params, best/last metrics, status, stop reason
     OUT/best.json                  trial, hyperparameters and metrics of the export
@@ -27,7 +29,7 @@ from torchvision.utils import save_image
 
 from raygan.checkpoint import SIDECAR, _replace_dir, load_checkpoint
 from raygan.errors import CheckpointError, ConfigError
-from raygan.model import Generator, one_hot
+from raygan.models.seam import GRID_PER_CLASS, class_grid, sample_images
 
 TRIAL_COLUMNS = (
     "fid",
@@ -123,35 +125,6 @@ def _cell(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, (list, dict)) else value
 
 
-def sample_images(generator: Generator, label: int, n: int, seed: int = 0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, generator.cfg.latent_dim, generator=gen)
-    y = one_hot(torch.full((n,), label), generator.cfg.num_classes)
-    with torch.no_grad():
-        return generator.eval()(z, y).add(1).div(2).clamp(0, 1)
-
-
-def class_grid(generator: Generator, per_class: int = 8) -> torch.Tensor:
-    return torch.cat(
-        [sample_images(generator, c, per_class, seed=c) for c in range(generator.cfg.num_classes)]
-    )
-
-
-def export_program(generator: Generator, out: Path) -> None:
-    """A torch.export program of G(z, y_onehot) with a dynamic batch size, for serving
-    without raygan (TorchScript is deprecated in current PyTorch)."""
-    cfg = generator.cfg
-    example = (
-        torch.randn(2, cfg.latent_dim),
-        one_hot(torch.arange(2) % cfg.num_classes, cfg.num_classes),
-    )
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    program = torch.export.export(
-        generator.eval(), example, dynamic_shapes=({0: batch}, {0: batch})
-    )
-    torch.export.save(program, out)
-
-
 def export_best(experiment: str | Path, out: str | Path) -> Path:
     """Write the export folder atomically; returns its path."""
     experiment, out = Path(experiment), Path(out)
@@ -162,7 +135,7 @@ def export_best(experiment: str | Path, out: str | Path) -> Path:
         raise CheckpointError(f"{experiment}: no evaluated checkpoint to export yet")
     objective, source, state = candidates[0]
     ckpt = load_checkpoint(source)
-    generator, _ = ckpt.build()
+    model = ckpt.build()
     steps = state.get("hparams", {}).get("steps")
     rows = read_trials(experiment, steps)
 
@@ -172,8 +145,8 @@ def export_best(experiment: str | Path, out: str | Path) -> Path:
         for file in source.iterdir():
             if file.name != "optimizer.pt":  # training state only; not needed to sample
                 shutil.copy2(file, tmp / file.name)
-        save_image(class_grid(generator), tmp / "samples.png", nrow=8, padding=1)
-        export_program(generator, tmp / "generator.pt2")
+        save_image(class_grid(model), tmp / "samples.png", nrow=GRID_PER_CLASS, padding=1)
+        serving = model.export(tmp)
         write_trials_table(rows, tmp / "trials.parquet")
         best = {
             "trial_id": state.get("run_id", ""),
@@ -185,7 +158,8 @@ def export_best(experiment: str | Path, out: str | Path) -> Path:
             "class_names": ckpt.class_names,
         }
         (tmp / "best.json").write_text(json.dumps(best, indent=2, default=float))
-        (tmp / "MODEL_CARD.md").write_text(model_card(best, ckpt.model.to_dict(), len(rows)))
+        card = model_card(best, ckpt.spec, model.latent_dim, serving, len(rows))
+        (tmp / "MODEL_CARD.md").write_text(card)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -193,7 +167,9 @@ def export_best(experiment: str | Path, out: str | Path) -> Path:
     return out
 
 
-def model_card(best: dict[str, Any], model: dict[str, Any], trials: int) -> str:
+def model_card(
+    best: dict[str, Any], spec: dict[str, Any], latent_dim: int, serving: list[str], trials: int
+) -> str:
     m, h = best["metrics"], best["hyperparameters"]
     searched = ", ".join(
         f"{k}={h.get(k)}" for k in ("lr", "beta1", "freeze_g", "freeze_d", "augment")
@@ -204,7 +180,7 @@ Class-conditional GAN generator fine-tuned by a raygan search ({trials} trials);
 best checkpoint over all evaluations of all trials
 (trial `{best["trial_id"]}`, step {best["step"]}).
 
-- Architecture: {model}
+- Model: {spec}
 - Classes: {", ".join(best["class_names"])}
 - Hyperparameters: {searched}
 - Metrics (generated vs real training data): FID {m.get("fid", float("nan")):.3f},
@@ -216,13 +192,24 @@ best checkpoint over all evaluations of all trials
 ## Use
     raygan sample EXPORT_DIR --class {best["class_names"][0]} -n 16 -o samples.png
 
-or without raygan: `torch.export.load("generator.pt2").module()(z, y_onehot)` with z ~ N(0, I)
-of size {model["latent_dim"]} and y one-hot over {model["num_classes"]} classes; output in [-1, 1].
+or without raygan: {_serving_hint(serving, latent_dim, len(best["class_names"]))}
 
 ## Limits
 FID here uses the feature extractor named in the hyperparameters (the default is a small
 classifier trained on the target data), so it is comparable within this search only.
 """
+
+
+def _serving_hint(serving: list[str], latent_dim: int, num_classes: int) -> str:
+    if "generator.pt2" in serving:
+        return (
+            f'`torch.export.load("generator.pt2").module()(z, y)` with z ~ N(0, I) of size '
+            f"{latent_dim} and y class indices in [0, {num_classes}); output NCHW in [-1, 1]."
+        )
+    return (
+        f"load `generator.keras` with Keras (`keras.saving.load_model`) and call it on "
+        f"[z, y_onehot], z ~ N(0, I) of size {latent_dim}; output NHWC in [-1, 1]."
+    )
 
 
 def sample_to_file(
@@ -231,8 +218,9 @@ def sample_to_file(
     ckpt = load_checkpoint(export_dir)
     if class_name not in ckpt.class_names:
         raise ConfigError(f"unknown class {class_name!r}; the model knows {ckpt.class_names}")
-    generator, _ = ckpt.build()
-    images = sample_images(generator, ckpt.class_names.index(class_name), n, seed)
+    model = ckpt.build()
+    labels = torch.full((n,), ckpt.class_names.index(class_name))
+    images = sample_images(model, labels, seed).add(1).div(2).clamp(0, 1)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image(images, out, nrow=math.ceil(math.sqrt(n)), padding=1)

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from raygan.config import FinetuneConfig
-from raygan.demo import load_base_and_data
+from raygan.fsio import write_json_atomic
+from raygan.models.pretrained import load_base_and_data
 from raygan.progress import print_report
 from raygan.tensorboard import TrialLog
 from raygan.trial import TrialResult, run_trial
 
 
 def finetune(cfg: FinetuneConfig, resume_from: Path | None = None) -> TrialResult:
-    base, data = load_base_and_data(cfg.base, cfg.data, cfg.skip_corrupt)
+    base, data = load_base_and_data(cfg.model, cfg.base, cfg.data, cfg.skip_corrupt)
     out = Path(cfg.output)
     log = TrialLog(out / "tensorboard", cfg.model_dump())
     try:
@@ -30,5 +30,5 @@ def finetune(cfg: FinetuneConfig, resume_from: Path | None = None) -> TrialResul
         "config": cfg.model_dump(),
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    write_json_atomic(out / "summary.json", summary, default=float)
     return result

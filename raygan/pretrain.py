@@ -10,7 +10,7 @@ from tqdm import tqdm
 from raygan.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from raygan.config import PretrainConfig
 from raygan.data import load_dataset
-from raygan.model import ModelConfig, build_models
+from raygan.models.builtin import BuiltinGan, ModelConfig
 from raygan.progress import print_report
 from raygan.trial import run_trial
 
@@ -20,8 +20,7 @@ def initial_checkpoint(cfg: PretrainConfig, class_names: list[str]) -> Checkpoin
     model = ModelConfig(
         num_classes=len(class_names), resolution=cfg.resolution, channels=cfg.channels
     )
-    g, d = build_models(model)
-    return Checkpoint(model, class_names, g.state_dict(), d.state_dict(), state={"step": 0})
+    return Checkpoint.of(BuiltinGan(model), class_names, state={"step": 0})
 
 
 def pretrain(

@@ -17,22 +17,25 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 from ray import tune
 
 from raygan.checkpoint import Checkpoint
 from raygan.config import Choice, IntRange, LogUniform, SearchConfig, TrialConfig
 from raygan.data import LabeledImages
-from raygan.demo import load_base_and_data
 from raygan.errors import ConfigError
 from raygan.export import export_best, read_trials
-from raygan.model import Discriminator, Generator, max_freeze
+from raygan.models.pretrained import load_base_and_data
+from raygan.safety import check_resumable
 from raygan.summary import format_summary, score_pretrained
 from raygan.tensorboard import TrialLog
 from raygan.trial import run_trial
 
 log = logging.getLogger(__name__)
 
-METRIC, MODE = "objective", "min"
+# Schedulers and the searcher rank trials by their best objective so far ("score"); checkpoints
+# are kept by their own objective.
+METRIC, CHECKPOINT_METRIC, MODE = "score", "objective", "min"
 # A Ray Train trial's driver only waits on its workers: it holds 1 MiB of memory, no CPU, so
 # a 2-worker trial fits a 2-CPU machine (a bundle must hold some resource; 0 CPU alone won't do).
 TRAIN_DRIVER_RESOURCES = {"CPU": 0, "memory": 2**20}
@@ -43,13 +46,14 @@ TRAIN_DRIVER_RESOURCES = {"CPU": 0, "memory": 2**20}
 
 def preflight(cfg: SearchConfig) -> tuple[Checkpoint, LabeledImages]:
     """Load and cross-check data, base model and space, so bad input fails in seconds."""
-    base, data = load_base_and_data(cfg.base, cfg.data, cfg.skip_corrupt)
-    g, d = Generator(base.model), Discriminator(base.model)
-    for name, net in (("freeze_g", g), ("freeze_d", d)):
-        deepest = _upper(cfg, name)
-        if deepest > max_freeze(net):
+    base, data = load_base_and_data(cfg.model, cfg.base, cfg.data, cfg.skip_corrupt)
+    model = base.build()
+    for name, net in (("freeze_g", "generator"), ("freeze_d", "discriminator")):
+        deepest, limit = _upper(cfg, name), model.max_freeze(net)
+        if deepest > limit:
             raise ConfigError(
-                f"{name} reaches {deepest} but {cfg.base} has {max_freeze(net)} freezable blocks"
+                f"{name} reaches {deepest} but the {net} of {cfg.base} has {limit} freezable "
+                "groups (`raygan inspect` lists them)"
             )
     data.require_batch(int(_upper(cfg, "batch_size")))
     return base, data
@@ -80,25 +84,13 @@ def connect(address: str | None, ray_train: bool = False) -> bool:
 
 
 def check_resources(cfg: SearchConfig, may_grow: bool = False) -> int:
-    """Refuse trials the cluster can never fit; return how many fit at once.
+    """Refuse trials the cluster can never place; return how many fit at once.
 
     A cluster that `may_grow` (one we joined: its autoscaler may start GPU workers from
     zero) only gets a warning, and `max_concurrent` trials may wait for it at once: their
     resource requests are what make it scale up."""
-    total = ray.cluster_resources()
-    cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
-    need_cpu, need_gpu = cfg.workers * cfg.cpus_per_worker, cfg.workers * cfg.gpus_per_worker
-    shortfall = None
-    if need_gpu > gpus:
-        shortfall = (
-            f"a trial needs {need_gpu:g} GPUs (workers {cfg.workers} x gpus_per_worker "
-            f"{cfg.gpus_per_worker:g}) but the cluster has {gpus:g}"
-        )
-    elif need_cpu > cpus:
-        shortfall = (
-            f"a trial needs {need_cpu:g} CPUs (workers {cfg.workers} x cpus_per_worker "
-            f"{cfg.cpus_per_worker:g}) but the cluster has {cpus:g}"
-        )
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    shortfall = placement_shortfall(cfg, nodes)
     if shortfall and not may_grow:
         raise ConfigError(shortfall)
     if shortfall:
@@ -107,10 +99,62 @@ def check_resources(cfg: SearchConfig, may_grow: bool = False) -> int:
         return cfg.max_concurrent  # what does not fit yet, the autoscaler may add
     if shortfall:
         return 1
-    fit = int(cpus // need_cpu)
-    if need_gpu:
-        fit = min(fit, int(gpus // need_gpu))
+    fit = worker_slots(nodes, cfg.cpus_per_worker, cfg.gpus_per_worker) // cfg.workers
     return max(1, min(fit, cfg.max_concurrent or fit))
+
+
+def placement_shortfall(cfg: SearchConfig, nodes: list[dict[str, float]]) -> str | None:
+    """Why one trial can never be placed on `nodes` (each alive node's `Resources`), or None.
+
+    Totals are not enough: Ray places each worker on one node, and a worker that fits no
+    node makes Ray Train wait for it forever."""
+    cpus, gpus = (sum(node.get(kind, 0) for node in nodes) for kind in ("CPU", "GPU"))
+    need_cpu, need_gpu = cfg.workers * cfg.cpus_per_worker, cfg.workers * cfg.gpus_per_worker
+    if need_gpu > gpus:
+        return (
+            f"a trial needs {need_gpu:g} GPUs (workers {cfg.workers} x gpus_per_worker "
+            f"{cfg.gpus_per_worker:g}) but the cluster has {gpus:g}"
+        )
+    if need_cpu > cpus:
+        return (
+            f"a trial needs {need_cpu:g} CPUs (workers {cfg.workers} x cpus_per_worker "
+            f"{cfg.cpus_per_worker:g}) but the cluster has {cpus:g}"
+        )
+    worker = f"cpus_per_worker {cfg.cpus_per_worker:g}, gpus_per_worker {cfg.gpus_per_worker:g}"
+    slots = worker_slots(nodes, cfg.cpus_per_worker, cfg.gpus_per_worker)
+    if slots == 0:
+        return (
+            f"no node fits one worker ({worker}): the largest node has "
+            f"{largest_node(nodes, by_gpu=cfg.gpus_per_worker > 0)}"
+        )
+    if slots < cfg.workers:
+        return (
+            f"a trial needs {cfg.workers} workers ({worker}) at once but the nodes fit only "
+            f"{slots}: the largest node has {largest_node(nodes, by_gpu=cfg.gpus_per_worker > 0)}"
+        )
+    return None
+
+
+def worker_slots(nodes: list[dict[str, float]], cpus: float, gpus: float) -> int:
+    """How many workers of `cpus` CPUs and `gpus` GPUs the nodes hold at once."""
+    return sum(_node_slots(node, cpus, gpus) for node in nodes)
+
+
+def _node_slots(node: dict[str, float], cpus: float, gpus: float) -> int:
+    # The epsilon keeps e.g. 1.0 / 0.1 from flooring to 9.
+    slots = math.floor(node.get("CPU", 0) / cpus + 1e-9)
+    if gpus:
+        slots = min(slots, math.floor(node.get("GPU", 0) / gpus + 1e-9))
+    return slots
+
+
+def largest_node(nodes: list[dict[str, float]], by_gpu: bool) -> str:
+    """The biggest node's CPUs and GPUs, as words; biggest by GPUs first when `by_gpu`."""
+    if not nodes:
+        return "nothing (no alive nodes)"
+    order = ("GPU", "CPU") if by_gpu else ("CPU", "GPU")
+    node = max(nodes, key=lambda n: tuple(n.get(kind, 0) for kind in order))
+    return f"{node.get('CPU', 0):g} CPUs and {node.get('GPU', 0):g} GPUs"
 
 
 SHARED_FILESYSTEMS = (
@@ -179,10 +223,22 @@ def seed_point(cfg: SearchConfig) -> list[dict[str, Any]]:
     """The seed recipe as Optuna's first point, restricted to the searched names."""
     if not cfg.seed_recipe:
         return []
-    point = {k: v for k, v in cfg.seed_recipe.items() if k in cfg.space}
-    for k in cfg.space:
-        point.setdefault(k, getattr(cfg.trial, k))
-    return [point]
+    trial = cfg.trial_config(cfg.seed_recipe)
+    return [{name: seed_value(spec, trial, name) for name, spec in cfg.space.items()}]
+
+
+def seed_value(spec: Any, trial: TrialConfig, name: str) -> Any:
+    """The seed recipe's value of `name` as a point of the space: an unset lr_g/lr_d is the
+    lr it falls back to, and a default outside the space is brought into it."""
+    value = {"lr_g": trial.g_lr, "lr_d": trial.d_lr}.get(name, getattr(trial, name))
+    if isinstance(spec, Choice):
+        return value if value in spec.values else spec.values[0]
+    return min(max(value, spec.low), spec.high)
+
+
+def startup_trials(num_trials: int) -> int:
+    """Random trials before TPE models the space: a quarter of the budget, 2 to 10."""
+    return min(10, max(2, num_trials // 4))
 
 
 def trial_settings(search: SearchConfig, params: dict[str, Any]) -> TrialConfig:
@@ -208,7 +264,7 @@ class TrialContext:
 
 def _load_inputs(ctx: TrialContext) -> tuple[SearchConfig, Checkpoint, LabeledImages]:
     search = SearchConfig.model_validate(ctx.search)
-    base, data = load_base_and_data(search.base, search.data, search.skip_corrupt)
+    base, data = load_base_and_data(search.model, search.base, search.data, search.skip_corrupt)
     return search, base, data
 
 
@@ -247,7 +303,7 @@ def run_on_torch_trainer(params: dict[str, Any], ctx: TrialContext, search: Sear
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=search.keep_checkpoints,
-                checkpoint_score_attribute=METRIC,
+                checkpoint_score_attribute=CHECKPOINT_METRIC,
                 checkpoint_score_order=MODE,
             ),
             failure_config=ray.train.FailureConfig(max_failures=search.max_failures),
@@ -259,6 +315,7 @@ def run_on_torch_trainer(params: dict[str, Any], ctx: TrialContext, search: Sear
 def ddp_worker_loop(config: dict[str, Any]) -> None:
     """Runs on each Ray Train worker; Ray has already set up the process group."""
     import ray.train
+    import ray.train.torch
 
     rank0 = ray.train.get_context().get_world_rank() == 0
     run_reporting_to_ray(
@@ -268,6 +325,7 @@ def ddp_worker_loop(config: dict[str, Any]) -> None:
         ray.train.get_checkpoint(),
         ray.train.report,
         write_logs=rank0,
+        device=ray.train.torch.get_device(),
     )
 
 
@@ -278,6 +336,7 @@ def run_reporting_to_ray(
     restored: tune.Checkpoint | None,
     ray_report: Any,
     write_logs: bool,
+    device: torch.device | None = None,
 ) -> None:
     """Run the loop, resuming from `restored`; `ray_report` is `ray.tune.report` in a Tune
     trial and `ray.train.report` on a Train worker (each is an error in the other's place)."""
@@ -297,7 +356,16 @@ def run_reporting_to_ray(
     )
     try:
         run_trial(
-            cfg, base, data, scratch, report, resume_from=resume, log=trial_log, run_id=trial_id
+            cfg,
+            base,
+            data,
+            scratch,
+            report,
+            resume_from=resume,
+            log=trial_log,
+            run_id=trial_id,
+            device=device,
+            eval_dir=None if "://" in ctx.experiment_dir else Path(ctx.experiment_dir),
         )
     finally:
         if trial_log is not None:
@@ -326,7 +394,15 @@ def build_tuner(cfg: SearchConfig, root: str, concurrency: int, ctx: TrialContex
         metric=METRIC,
         mode=MODE,
         points_to_evaluate=seed_point(cfg),
-        sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+        sampler=optuna.samplers.TPESampler(
+            seed=cfg.seed,
+            # Optuna's default of 10 random start-up trials makes any search of 10 or fewer
+            # trials random search; the seed recipe counts toward them.
+            n_startup_trials=startup_trials(cfg.num_trials),
+            # Set explicitly: their defaults changed between Optuna 4 and 5.
+            multivariate=True,
+            constant_liar=True,
+        ),
     )
     scheduler = ASHAScheduler(
         time_attr="training_iteration",  # one iteration = one evaluation
@@ -357,7 +433,7 @@ def build_tuner(cfg: SearchConfig, root: str, concurrency: int, ctx: TrialContex
             storage_path=root,
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=cfg.keep_checkpoints,
-                checkpoint_score_attribute=METRIC,
+                checkpoint_score_attribute=CHECKPOINT_METRIC,
                 checkpoint_score_order=MODE,
             ),
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
@@ -392,13 +468,13 @@ def run_search(
     """Run (or resume) the search, export the best model and summarise.
 
     Bad input fails before any trial starts."""
+    if resume:
+        check_resumable(resume)  # before Ray starts or anything is unpickled
     base, data = preflight(cfg)
     joined = connect(address, ray_train=cfg.workers > 1)
     concurrency = check_resources(cfg, may_grow=joined)
     if resume:
         experiment = resume.rstrip("/")
-        if "://" not in experiment and not Path(experiment).is_dir():
-            raise ConfigError(f"--resume: experiment directory not found: {experiment}")
         root = experiment.rsplit("/", 1)[0]
         ctx = TrialContext(cfg.model_dump(), experiment, tensorboard_root(experiment))
         tuner = tune.Tuner.restore(experiment, trainable_for(cfg, ctx), resume_errored=True)

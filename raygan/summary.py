@@ -11,6 +11,7 @@ from typing import Any
 from raygan.checkpoint import Checkpoint
 from raygan.config import SearchConfig
 from raygan.data import LabeledImages
+from raygan.fsio import write_json_atomic
 from raygan.metrics.evaluate import Evaluator, objective
 
 BASELINE_FILE = "pretrained.json"
@@ -23,13 +24,19 @@ def score_pretrained(
     file = experiment / BASELINE_FILE
     if file.exists():
         return json.loads(file.read_text())
-    g, _ = base.build()
     trial = cfg.trial
-    scores = Evaluator(data, trial.eval_samples, trial.feature_extractor, trial.inception_weights)
-    metrics = scores.evaluate(g).scalars()
-    metrics["objective"] = objective(metrics["fid"], metrics["collapse"])
     experiment.mkdir(parents=True, exist_ok=True)
-    file.write_text(json.dumps(metrics, indent=2))
+    # Trains the search's evaluation classifier into the experiment, before any trial needs it.
+    scores = Evaluator(
+        data,
+        trial.eval_samples,
+        trial.feature_extractor,
+        trial.inception_weights,
+        classifier_dir=experiment,
+    )
+    metrics = scores.evaluate(base.build()).scalars()
+    metrics["objective"] = objective(metrics["fid"], metrics["collapse"])
+    write_json_atomic(file, metrics)
     return metrics
 
 

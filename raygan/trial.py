@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,15 +18,16 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from raygan.augment import diff_augment
 from raygan.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from raygan.config import TrialConfig
 from raygan.data import LabeledImages, sample_batches
+from raygan.ema import GeneratorEMA
+from raygan.losses import d_loss, g_loss
 from raygan.metrics.evaluate import Evaluator, objective
-from raygan.model import freeze_blocks, one_hot, trainable_parameters
+from raygan.models.seam import GanModel
+from raygan.recipe import Recipe, anchor_penalty, build_recipe, r1_step, restrict_to_norm_affine
 from raygan.tensorboard import TrialLog
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # report(metrics, checkpoint_dir or None): called on every rank with rank 0's metrics.
 Report = Callable[[dict[str, Any], Path | None], None]
 LOSS_WINDOW = 10  # steps between the cross-rank loss reductions (and NaN checks)
+RAW_FID_EVALUATIONS = 2  # evaluations that also score the raw generator beside its EMA
 
 
 @dataclass
@@ -49,18 +50,19 @@ class TrialResult:
 
 @dataclass
 class Models:
-    g: torch.nn.Module  # possibly DDP-wrapped
+    model: GanModel  # the seam: plain G and D, how to call them, what is frozen
+    g: torch.nn.Module  # model.g, DDP-wrapped in a process group
     d: torch.nn.Module
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
 
     @property
     def g_plain(self) -> torch.nn.Module:
-        return self.g.module if isinstance(self.g, DDP) else self.g
+        return self.model.g
 
     @property
     def d_plain(self) -> torch.nn.Module:
-        return self.d.module if isinstance(self.d, DDP) else self.d
+        return self.model.d
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -69,55 +71,110 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def pick_device() -> torch.device:
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        return torch.device("cuda", local)
-    return torch.device("cpu")
+def default_device() -> torch.device:
+    """Outside Ray Train (which hands each worker its device), the first GPU if any."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def trainable_parameters(net: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in net.parameters() if p.requires_grad]
 
 
 def build_models(cfg: TrialConfig, base: Checkpoint, device: torch.device) -> Models:
-    g, d = base.build()
-    freeze_blocks(g, cfg.freeze_g)
-    freeze_blocks(d, cfg.freeze_d)
-    g, d = g.to(device), d.to(device)
+    model = base.build()
     _, world = rank_and_world()
+    if world > 1 and device.type == "cuda":
+        # BatchNorm statistics over the global batch. SyncBatchNorm runs on GPUs only; on CPU
+        # (gloo) each rank normalises by its own batch and DDP broadcasts rank 0's running
+        # statistics at every forward, so the ranks still hold identical buffers.
+        model.g = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.g)
+        model.d = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.d)
+    model.freeze(cfg.freeze_g, cfg.freeze_d)
+    if cfg.norm_affine_only:
+        restrict_to_norm_affine(model)
+    model.to(device)
+    g, d = model.g, model.d
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
         g, d = DDP(g, device_ids=ids), DDP(d, device_ids=ids)
     betas = (cfg.beta1, cfg.beta2)
-    opt_g = torch.optim.Adam(trainable_parameters(g), lr=cfg.g_lr, betas=betas)
-    opt_d = torch.optim.Adam(trainable_parameters(d), lr=cfg.d_lr, betas=betas)
-    return Models(g, d, opt_g, opt_d)
+    opt_g = torch.optim.Adam(trainable_parameters(model.g), lr=cfg.g_lr, betas=betas)
+    opt_d = torch.optim.Adam(trainable_parameters(model.d), lr=cfg.d_lr, betas=betas)
+    return Models(model, g, d, opt_g, opt_d)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def train_step(
-    m: Models, real: torch.Tensor, labels: torch.Tensor, cfg: TrialConfig, num_classes: int
+    m: Models,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    cfg: TrialConfig,
+    recipe: Recipe,
+    step: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One D update then one G update, binary cross-entropy on logits. Returns (loss_d, loss_g)."""
-    device = real.device
-    y = one_hot(labels, num_classes)
-    z = torch.randn(len(real), m.g_plain.cfg.latent_dim, device=device)
-    augment = diff_augment if cfg.augment else (lambda x: x)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        fake = m.g(z, y)
-        group = math.gcd(4, len(real))
-        logits = m.d(augment(torch.cat([real, fake.detach()])), torch.cat([y, y]), group).float()
-        targets = torch.cat([torch.ones(len(real)), torch.zeros(len(real))]).to(device)
-        loss_d = F.binary_cross_entropy_with_logits(logits, targets)
-    m.opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
-    m.opt_d.step()
+    """`cfg.d_steps` D updates, one per batch, then one G update on the last batch's fakes.
+    Returns (loss_d of the last D update, loss_g)."""
+    model = m.model
+    for i, (real, labels) in enumerate(batches):
+        last = i == len(batches) - 1
+        z = torch.randn(len(real), model.latent_dim, device=real.device)
+        with autocast(real.device), contextlib.nullcontext() if last else torch.no_grad():
+            fake = model.generate(z, labels, m.g)  # G's graph is kept for its update only
+        loss_d = d_update(m, real, labels, fake.detach(), cfg, recipe)
+        if i == 0 and cfg.r1_gamma > 0 and step % cfg.r1_every == 0:
+            recipe.r1_last = r1_step(model, m.opt_d, real, labels, cfg, recipe)
+    loss_g = g_update(m, fake, labels, cfg, recipe)
+    if recipe.ema is not None:
+        recipe.ema.update(model.g, step)
+    recipe.augment.adjust(sum(len(real) for real, _ in batches))
+    return loss_d, loss_g
 
+
+def d_update(
+    m: Models,
+    real: torch.Tensor,
+    labels: torch.Tensor,
+    fake: torch.Tensor,
+    cfg: TrialConfig,
+    recipe: Recipe,
+) -> torch.Tensor:
+    model = m.model
+    with autocast(real.device):
+        both = recipe.augment.apply(torch.cat([real, fake]))
+        logits = model.discriminate(both, torch.cat([labels, labels]), m.d).float()
+    real_logits, fake_logits = logits[: len(real)], logits[len(real) :]
+    loss = d_loss(cfg.loss, real_logits, fake_logits)
+    if recipe.lecam is not None:
+        recipe.lecam.update(real_logits.detach(), fake_logits.detach())
+        loss = loss + cfg.lecam_weight * recipe.lecam.penalty(real_logits, fake_logits)
+    anchor = anchor_penalty(recipe, model, "discriminator")
+    if anchor is not None:
+        loss = loss + cfg.anchor_weight * anchor
+    recipe.augment.observe(real_logits.detach())
+    m.opt_d.zero_grad(set_to_none=True)
+    loss.backward()
+    m.opt_d.step()
+    return loss.detach()
+
+
+def g_update(
+    m: Models, fake: torch.Tensor, labels: torch.Tensor, cfg: TrialConfig, recipe: Recipe
+) -> torch.Tensor:
+    model = m.model
     # D's gradients from G's step are thrown away, so don't pay for their all-reduce.
     no_sync = m.d.no_sync() if isinstance(m.d, DDP) else contextlib.nullcontext()
-    with no_sync, torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        logits = m.d(augment(fake), y, math.gcd(4, len(real))).float()
-        loss_g = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+    with no_sync, autocast(fake.device):
+        logits = model.discriminate(recipe.augment.apply(fake), labels, m.d).float()
+        loss = g_loss(cfg.loss, logits)
+    anchor = anchor_penalty(recipe, model, "generator")
+    if anchor is not None:
+        loss = loss + cfg.anchor_weight * anchor
     m.opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
+    loss.backward()
     m.opt_g.step()
-    return loss_d.detach(), loss_g.detach()
+    return loss.detach()
 
 
 def mean_across_ranks(values: torch.Tensor) -> torch.Tensor:
@@ -138,28 +195,46 @@ def broadcast_from_rank0(obj: Any) -> Any:
     return box[0]
 
 
-def make_checkpoint(m: Models, base: Checkpoint, class_names: list[str], state: dict) -> Checkpoint:
-    return Checkpoint(
-        model=base.model,
-        class_names=class_names,
-        generator=m.g_plain.state_dict(),
-        discriminator=m.d_plain.state_dict(),
-        state=state,
-        optimizer={"g": m.opt_g.state_dict(), "d": m.opt_d.state_dict()},
-    )
+def make_checkpoint(m: Models, recipe: Recipe, class_names: list[str], state: dict) -> Checkpoint:
+    """The shipped generator is the EMA one when there is one; the trained weights, optimizers
+    and the recipe's state go to the training-state file, for resume only."""
+    ckpt = Checkpoint.of(m.model, class_names, state)
+    training = {"g": m.opt_g.state_dict(), "d": m.opt_d.state_dict(), "recipe": recipe.state_dict()}
+    if recipe.ema is not None:
+        training["raw_generator"] = ckpt.generator
+        ckpt.generator = averaged_generator_state(m.model, recipe.ema)
+    ckpt.optimizer = training
+    return ckpt
 
 
-def resume_state(m: Models, resume_from: Path | None) -> int:
-    """Restore weights and optimizers from a checkpoint of this trial; returns its step."""
+@torch.no_grad()
+def averaged_generator_state(model: GanModel, ema: GeneratorEMA) -> dict[str, torch.Tensor]:
+    """The EMA weights under G's own state-dict names (a Keras copy renames its tensors)."""
+    trained = {k: v.clone() for k, v in model.g.state_dict().items()}
+    ema.copy_to(model.g)
+    averaged = {k: v.clone() for k, v in model.g.state_dict().items()}
+    model.g.load_state_dict(trained)
+    return averaged
+
+
+def resume_state(
+    m: Models, recipe: Recipe, cfg: TrialConfig, resume_from: Path | None
+) -> dict[str, Any]:
+    """Restore weights, optimizers and the recipe from a checkpoint of this trial; returns the
+    checkpoint's state (step, collapse patience, ...), empty for a fresh start."""
     if resume_from is None:
-        return 0
+        return {}
     ckpt = load_checkpoint(resume_from, with_optimizer=True)
-    m.g_plain.load_state_dict(ckpt.generator)
-    m.d_plain.load_state_dict(ckpt.discriminator)
-    if ckpt.optimizer:
-        m.opt_g.load_state_dict(ckpt.optimizer["g"])
-        m.opt_d.load_state_dict(ckpt.optimizer["d"])
-    return int(ckpt.state.get("step", 0))
+    m.model.load_state_dicts(ckpt.generator, ckpt.discriminator, f"resumed {resume_from}")
+    training = ckpt.optimizer or {}
+    if recipe.ema is not None and "raw_generator" in training:
+        recipe.ema = GeneratorEMA(m.model.g, cfg.ema_decay, cfg.ema_start)
+        m.model.g.load_state_dict(training["raw_generator"])
+    if "g" in training:
+        m.opt_g.load_state_dict(training["g"])
+        m.opt_d.load_state_dict(training["d"])
+    recipe.load_state_dict(training.get("recipe", {}))
+    return ckpt.state
 
 
 def run_trial(
@@ -171,18 +246,29 @@ def run_trial(
     resume_from: Path | None = None,
     log: TrialLog | None = None,
     run_id: str = "",
+    device: torch.device | None = None,
+    eval_dir: Path | None = None,
 ) -> TrialResult:
     """Train from `base` on `data`; checkpoints go under `out_dir`. `log` (rank 0) gets
-    TensorBoard scalars and sample grids at each evaluation."""
+    TensorBoard scalars and sample grids at each evaluation. `device`: Ray Train's, else
+    the first GPU, else the CPU. `eval_dir`: where the search keeps its one evaluation
+    classifier (default: this node's cache)."""
     rank, _ = rank_and_world()
-    device = pick_device()
+    device = device or default_device()
     data.require_batch(cfg.batch_size)
     torch.manual_seed(cfg.seed)  # identical initial noise draws; DDP syncs weights anyway
     m = build_models(cfg, base, device)
-    start = resume_state(m, resume_from)
+    recipe = build_recipe(cfg, m.model)
+    resumed = resume_state(m, recipe, cfg, resume_from)
+    start = int(resumed.get("step", 0))
     evaluator = (
         Evaluator(
-            data, cfg.eval_samples, cfg.feature_extractor, cfg.inception_weights, device=device
+            data,
+            cfg.eval_samples,
+            cfg.feature_extractor,
+            cfg.inception_weights,
+            device=device,
+            classifier_dir=eval_dir,
         )
         if rank == 0
         else None
@@ -191,18 +277,28 @@ def run_trial(
     batches = sample_batches(data, cfg.batch_size, seed=cfg.seed * 1000 + rank + start)
     result = TrialResult(status="completed", step=start)
     hparams = cfg.model_dump()
-    high_collapse = 0
+    # Restored on resume, so a retried trial stops and ranks exactly as an uninterrupted one.
+    high_collapse = int(resumed.get("high_collapse", 0))
+    best_so_far = float(resumed.get("metrics", {}).get("score", math.inf))
     window, window_steps = torch.zeros(2, device=device), 0
     t0 = time.perf_counter()
 
     def evaluate_and_report(step: int, losses: dict[str, float]) -> str:
         """Rank 0 scores and maybe checkpoints; every rank reports. Returns a stop reason."""
-        nonlocal high_collapse
+        nonlocal high_collapse, best_so_far
         metrics, ckpt_dir, stop = None, None, ""
         if rank == 0:
-            scores = evaluator.evaluate(m.g_plain).scalars()
-            metrics = {"step": step, **losses, **scores}
+            shipped = recipe.ema.module if recipe.ema is not None else None
+            scores = evaluator.evaluate(m.model, shipped).scalars()
+            metrics = {"step": step, **losses, **scores, **recipe.signals()}
+            if shipped is not None and len(result.history) < RAW_FID_EVALUATIONS:
+                metrics["fid_raw"] = evaluator.evaluate(m.model).fid  # what the EMA buys
             metrics["objective"] = objective(metrics["fid"], metrics["collapse"])
+            if math.isfinite(metrics["objective"]):
+                best_so_far = min(best_so_far, metrics["objective"])
+            # The trial's score for schedulers and the searcher: its best objective so far.
+            # FID swings several-fold between evaluations, so a last value ranks by noise.
+            metrics["score"] = best_so_far
             metrics["elapsed_s"] = time.perf_counter() - t0
             if cfg.collapse_stop is not None and metrics["collapse"] > cfg.collapse_stop:
                 high_collapse += 1
@@ -218,10 +314,16 @@ def run_trial(
             )
             metrics["stop_reason"] = stop
             if log is not None:
-                log.evaluation(step, metrics, evaluator.sample_grid(m.g_plain))
+                log.evaluation(step, metrics, evaluator.sample_grid(m.model, shipped))
             if step > start and (step % cfg.checkpoint_interval == 0 or step == cfg.steps or stop):
-                state = {"step": step, "run_id": run_id, "hparams": hparams, "metrics": metrics}
-                ckpt = make_checkpoint(m, base, data.class_names, state)
+                state = {
+                    "step": step,
+                    "run_id": run_id,
+                    "hparams": hparams,
+                    "metrics": metrics,
+                    "high_collapse": high_collapse,
+                }
+                ckpt = make_checkpoint(m, recipe, data.class_names, state)
                 ckpt_dir = save_checkpoint(ckpt, out_dir / "checkpoints" / f"step-{step:06d}")
             record(result, metrics, ckpt_dir)
         metrics, stop = broadcast_from_rank0((metrics, stop))
@@ -231,8 +333,11 @@ def run_trial(
     if cfg.eval_at_start and start == 0:
         evaluate_and_report(0, {"loss_d": math.nan, "loss_g": math.nan})
     for step in range(start + 1, cfg.steps + 1):
-        real, labels = next(batches)
-        loss_d, loss_g = train_step(m, real.to(device), labels.to(device), cfg, data.num_classes)
+        step_batches = [
+            (real.to(device), labels.to(device))
+            for real, labels in (next(batches) for _ in range(cfg.d_steps))
+        ]
+        loss_d, loss_g = train_step(m, step_batches, cfg, recipe, step)
         window += torch.stack([loss_d, loss_g])
         window_steps += 1
         due_eval = step % cfg.eval_every == 0 or step == cfg.steps
@@ -251,6 +356,7 @@ def run_trial(
                     **losses,
                     "fid": math.inf,
                     "objective": math.inf,
+                    "score": math.inf,
                     "trial_status": "diverged",
                     "stop_reason": result.reason,
                 },

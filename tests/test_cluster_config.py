@@ -179,6 +179,33 @@ def test_gpu_cluster_nodes_see_shared_storage_at_the_same_path():
     )
 
 
+def chmod_opens_to_others(command: str) -> bool:
+    """True if a `chmod` in the shell command gives write access to everyone."""
+    for mode in re.findall(r"\bchmod\s+(?:-\S+\s+)*(\S+)", command):
+        if re.fullmatch(r"[0-7]{3,4}", mode):
+            if int(mode[-1]) & 2:
+                return True
+        elif any(re.match(r"[ugo]*[oa][ugo]*[+=].*w|[+=].*w", part) for part in mode.split(",")):
+            return True
+    return False
+
+
+def test_shared_storage_is_never_made_world_writable():
+    # `raygan tune --resume` unpickles Tune state from the shared experiment directory.
+    config = load_yaml(GPU_CLUSTER)
+    commands = [cmd for key, value in config.items() if key.endswith("_commands") for cmd in value]
+    opened = [cmd for cmd in commands if chmod_opens_to_others(cmd)]
+    assert not opened, f"{rel(GPU_CLUSTER)}: these commands make files world-writable: {opened}"
+
+
+@pytest.mark.parametrize(
+    "command, opens",
+    [("chmod 777 /x", True), ("sudo chmod -R a+w /x", True), ("chmod 3770 /x", False)],
+)
+def test_world_writable_check_reads_numeric_and_symbolic_modes(command, opens):
+    assert chmod_opens_to_others(command) is opens
+
+
 def test_gpu_cluster_setup_installs_raygan_from_the_repo():
     config = load_yaml(GPU_CLUSTER)
     repo_mounts = [

@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 from raygan.checkpoint import load_checkpoint, save_checkpoint
 from raygan.config import TrialConfig
 from raygan.data import load_dataset, sample_batches
+from raygan.recipe import build_recipe
 from raygan.trial import build_models, run_trial, train_step
 
 
@@ -51,9 +52,9 @@ def worker(rank: int, world: int, port: int, base_dir: str, out_dir: str, cache:
         m = build_models(cfg, base, torch.device("cpu"))
         batches = sample_batches(data, cfg.batch_size, seed=rank)
         before = flat_weights(m)
-        for _ in range(5):
-            real, labels = next(batches)
-            loss_d, _ = train_step(m, real, labels, cfg, data.num_classes)
+        recipe = build_recipe(cfg, m.model)
+        for step in range(1, 6):
+            loss_d, _ = train_step(m, [next(batches)], cfg, recipe, step)
         after = flat_weights(m)
         gathered = [torch.empty_like(after) for _ in range(world)]
         dist.all_gather(gathered, after)

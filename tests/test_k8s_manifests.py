@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 K8S_DIR = REPO / "k8s"
 CRD_DIR = REPO.parent / "shared" / "kuberay-crds"
 CRD_FILES = {"RayJob": "ray.io_rayjobs.yaml", "RayCluster": "ray.io_rayclusters.yaml"}
-CORE_KINDS = {"PersistentVolumeClaim", "Deployment", "Service"}
+CORE_KINDS = {"PersistentVolumeClaim", "Deployment", "Service", "NetworkPolicy"}
 # A release that current managed Kubernetes offerings run; kubernetes-validate ships it.
 K8S_VERSION = "1.34.0"
 EXPOSING_KINDS = {"Ingress", "Route", "Gateway", "HTTPRoute", "GRPCRoute", "TCPRoute"}
@@ -432,3 +432,101 @@ def test_search_results_land_on_the_shared_volume_tensorboard_reads():
                 f"{doc}: tensorboard --logdir {logdir} differs from the RayJob's "
                 f"--storage {storage}"
             )
+
+
+# ---------------------------------------------------------------------------
+# Who reaches TensorBoard
+
+
+def selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Kubernetes label-selector semantics; an empty selector matches every pod."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, values = expression["key"], expression.get("values", [])
+        present, operator = key in labels, expression["operator"]
+        if (
+            (operator == "In" and labels.get(key) not in values)
+            or (operator == "NotIn" and present and labels[key] in values)
+            or (operator == "Exists" and not present)
+            or (operator == "DoesNotExist" and present)
+        ):
+            return False
+    return True
+
+
+def tensorboard_pods() -> list[tuple[Doc, dict[str, Any]]]:
+    pods = []
+    for doc in docs_of("Deployment"):
+        template = doc.body["spec"]["template"]
+        if template["spec"]["containers"][0].get("command", [])[:1] == ["tensorboard"]:
+            pods.append((doc, template))
+    return pods
+
+
+def policies_selecting(labels: dict[str, str]) -> list[Doc]:
+    return [
+        doc
+        for doc in docs_of("NetworkPolicy")
+        if selector_matches(doc.body["spec"]["podSelector"], labels)
+        and "Ingress" in doc.body["spec"].get("policyTypes", ["Ingress"])
+    ]
+
+
+def open_ingress(policy: dict[str, Any]) -> list[str]:
+    """Ingress rules that let in more than labelled pods of this namespace."""
+    problems = []
+    for i, rule in enumerate(policy["spec"].get("ingress", [])):
+        peers = rule.get("from", [])
+        if not peers:
+            problems.append(f"ingress[{i}] has no `from`: every source is allowed")
+        for j, peer in enumerate(peers):
+            pods = peer.get("podSelector")
+            if "ipBlock" in peer or "namespaceSelector" in peer or not pods:
+                problems.append(f"ingress[{i}].from[{j}] is not a non-empty podSelector alone")
+            elif not pods.get("matchLabels") and not pods.get("matchExpressions"):
+                problems.append(f"ingress[{i}].from[{j}] selects every pod")
+    return problems
+
+
+def test_tensorboard_is_reachable_only_from_pods_labelled_for_it():
+    pods = tensorboard_pods()
+    assert pods, f"no TensorBoard Deployment in {K8S_DIR.relative_to(REPO)}/"
+    for doc, template in pods:
+        policies = policies_selecting(template["metadata"]["labels"])
+        assert policies, f"{doc}: no NetworkPolicy selects its pods, so every pod can reach it"
+        for policy in policies:
+            problems = open_ingress(policy.body)
+            assert not problems, f"{policy}: " + "; ".join(problems)
+
+
+def test_the_open_ingress_check_rejects_an_allow_all_rule():
+    (policy,) = policies_selecting(tensorboard_pods()[0][1]["metadata"]["labels"])
+    opened = copy.deepcopy(policy.body)
+    opened["spec"]["ingress"] = [{}]
+    assert open_ingress(opened), "an ingress rule without `from` passed as restricted"
+    opened["spec"]["ingress"] = [{"from": [{"namespaceSelector": {}}]}]
+    assert open_ingress(opened), "a rule admitting every namespace passed as restricted"
+
+
+def test_tensorboard_policy_admits_its_port_and_not_the_ray_pods():
+    for doc, template in tensorboard_pods():
+        ports = template["spec"]["containers"][0]["ports"]
+        served = {p["containerPort"] for p in ports} | {p.get("name") for p in ports}
+        for policy in policies_selecting(template["metadata"]["labels"]):
+            for i, rule in enumerate(policy.body["spec"].get("ingress", [])):
+                allowed = {port.get("port") for port in rule.get("ports", [])}
+                assert allowed and allowed <= served, (
+                    f"{policy}: ingress[{i}] ports {allowed} should be TensorBoard's {served}"
+                )
+                # Ray pods run trial code (user model factories): keep them out.
+                for ray_doc, where, ray_template in all_pod_templates():
+                    labels = ray_template.get("metadata", {}).get("labels", {})
+                    admitted = any(
+                        selector_matches(peer["podSelector"], labels)
+                        for peer in rule.get("from", [])
+                        if "podSelector" in peer
+                    )
+                    assert ray_doc is doc or not admitted, (
+                        f"{policy}: ingress[{i}] admits {ray_doc} {where}"
+                    )

@@ -2,15 +2,8 @@ import pytest
 import torch
 
 from raygan.config import TrialConfig
-from raygan.model import (
-    Discriminator,
-    Generator,
-    ModelConfig,
-    build_models,
-    freeze_blocks,
-    max_freeze,
-    one_hot,
-)
+from raygan.errors import ConfigError
+from raygan.models.builtin import BuiltinGan, ModelConfig, build_models, one_hot
 from raygan.trial import run_trial
 
 
@@ -36,18 +29,18 @@ def test_invalid_architecture_is_rejected():
 
 
 def test_freeze_depth_out_of_range_names_the_limit():
-    d = Discriminator(ModelConfig(resolution=32, channels=4))
-    with pytest.raises(ValueError, match=r"\[0, 4\], got 5"):
-        freeze_blocks(d, 5)
+    model = BuiltinGan(ModelConfig(resolution=32, channels=4))
+    with pytest.raises(ConfigError, match=r"freeze_d must be in \[0, 4\].*got 5"):
+        model.freeze(0, 5)
 
 
 def test_freeze_counts_g_from_latent_and_d_from_image():
-    cfg = ModelConfig(resolution=32, channels=4)
-    g, d = Generator(cfg), Discriminator(cfg)
-    assert freeze_blocks(g, 2) == ["input", "up1"]
-    assert freeze_blocks(d, 2) == ["from_rgb", "down1"]
-    assert max_freeze(g) == len(g.blocks) - 1
-    assert all(p.requires_grad for p in d.logit.parameters())
+    model = BuiltinGan(ModelConfig(resolution=32, channels=4))
+    model.freeze(2, 2)
+    assert model.frozen == {"generator": ["input", "up1"], "discriminator": ["from_rgb", "down1"]}
+    assert model.max_freeze("generator") == len(model.g.blocks) - 1
+    assert model.max_freeze("discriminator") == len(model.d.blocks)
+    assert all(p.requires_grad for p in model.d.logit.parameters())
 
 
 def snapshot(state):
@@ -72,7 +65,8 @@ def test_frozen_blocks_do_not_change_and_the_rest_trains(tiny_data, tiny_base, t
     after = load_checkpoint(result.best_checkpoint)
     frozen_g = ("blocks.input.", "blocks.up1.")
     frozen_d = ("blocks.from_rgb.", "blocks.down1.", "blocks.down2.")
-    g, d = tiny_base.build()
+    model = tiny_base.build()
+    g, d = model.g, model.d
     for what, net, before, trained, frozen in (
         ("generator", g, tiny_base.generator, after.generator, frozen_g),
         ("discriminator", d, tiny_base.discriminator, after.discriminator, frozen_d),

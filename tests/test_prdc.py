@@ -9,7 +9,18 @@ import pytest
 import torch
 
 from raygan.metrics import prdc as prdc_module
-from raygan.metrics.prdc import PRDC, collapse_score, per_class_prdc, prdc
+from raygan.metrics.prdc import (
+    PRDC,
+    RealClassStats,
+    calibrated_coverage,
+    collapse_score,
+    expected_coverage,
+    min_real_per_class,
+    per_class_prdc,
+    per_class_prdc_from_stats,
+    prdc,
+    real_class_stats,
+)
 
 
 def _reference_prdc(real: np.ndarray, fake: np.ndarray, k: int) -> PRDC:
@@ -191,7 +202,9 @@ def test_fake_far_from_real_has_zero_precision_density_and_coverage() -> None:
     assert result == PRDC(precision=0.0, recall=0.0, density=0.0, coverage=0.0)
 
 
-def test_per_class_skips_classes_with_at_most_k_samples_and_collapse_counts_them_as_zero() -> None:
+def test_per_class_scores_classes_with_at_most_k_fakes_with_nan_recall() -> None:
+    # Coverage only needs real balls, so a class with k or fewer fakes is scored rather than
+    # skipped (it used to count as fully collapsed); only recall, needing fake balls, is NaN.
     means = _class_means(num_classes=3, d=16)
     real, real_labels = _labelled_gaussians(means, per_class=100, seed=40)
     fake, fake_labels = _labelled_gaussians(means, per_class=100, seed=400)
@@ -200,9 +213,25 @@ def test_per_class_skips_classes_with_at_most_k_samples_and_collapse_counts_them
 
     per_class = per_class_prdc(real, real_labels, fake, fake_labels, num_classes=3, k=5)
 
+    assert sorted(per_class) == [0, 1, 2]
+    assert math.isnan(per_class[2].recall)
+    assert per_class[2].coverage > 0.0
+    assert per_class[2].num_fake == 5
+    assert not math.isnan(per_class[0].recall)
+
+
+def test_class_without_fakes_is_absent_and_collapse_counts_it_as_zero() -> None:
+    means = _class_means(num_classes=3, d=16)
+    real, real_labels = _labelled_gaussians(means, per_class=100, seed=41)
+    fake, fake_labels = _labelled_gaussians(means, per_class=100, seed=410)
+    keep = fake_labels != 2
+    fake, fake_labels = fake[keep], fake_labels[keep]
+
+    per_class = per_class_prdc(real, real_labels, fake, fake_labels, num_classes=3)
+
     assert sorted(per_class) == [0, 1]
-    expected = 1.0 - (per_class[0].coverage + per_class[1].coverage) / 3
-    assert collapse_score(per_class, num_classes=3) == pytest.approx(expected)
+    calibrated = calibrated_coverage(per_class[0]) + calibrated_coverage(per_class[1])
+    assert collapse_score(per_class, num_classes=3) == pytest.approx(1.0 - calibrated / 3)
 
 
 def test_collapse_score_is_one_when_no_class_was_evaluated() -> None:
@@ -251,3 +280,151 @@ def test_prdc_accepts_float32_features() -> None:
     # float32 rounding of the inputs may move a point across a ball boundary, rarely.
     for field in ("precision", "recall", "density", "coverage"):
         assert getattr(actual, field) == pytest.approx(getattr(expected, field), abs=0.02)
+
+
+def test_expected_coverage_is_the_papers_formula_with_n_real_and_m_fake() -> None:
+    expected = _expected_coverage_identical(4000, 500, 5)
+    assert expected_coverage(4000, 500, 5) == pytest.approx(expected)
+    # The example: a perfect generator's raw coverage at 500 fakes vs 4000 reals.
+    assert 1.0 - expected_coverage(4000, 500, 5) == pytest.approx(0.55, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("num_real", "num_fake", "k", "tolerance"),
+    # Tolerances are ~4 standard deviations of the mean of 40 trials, measured at these sizes.
+    [(100, 100, 5, 0.012), (200, 20, 5, 0.03), (50, 200, 3, 0.008)],
+)
+def test_expected_coverage_matches_monte_carlo_on_identical_distributions(
+    num_real: int, num_fake: int, k: int, tolerance: float
+) -> None:
+    generator = torch.Generator().manual_seed(num_real + num_fake + k)
+
+    def draw(n: int) -> torch.Tensor:
+        return torch.randn(n, 4, generator=generator, dtype=torch.float64)
+
+    trials = 40
+    mean_coverage = sum(prdc(draw(num_real), draw(num_fake), k).coverage for _ in range(trials))
+    mean_coverage /= trials
+
+    assert mean_coverage == pytest.approx(expected_coverage(num_real, num_fake, k), abs=tolerance)
+
+
+# Calibrated collapse at several ratios of fakes to reals per class: 10 classes of 64-d Gaussians
+# with 1000 reals each (the default cap, so the ratios are the ones the metric sees).
+_NUM_CLASSES, _DIM, _REAL_PER_CLASS = 10, 64, 1000
+_RATIOS = [1, 2, 5, 10, 20]
+
+
+@pytest.fixture(scope="module")
+def ratio_real_stats() -> RealClassStats:
+    means = _class_means(_NUM_CLASSES, _DIM)
+    real, real_labels = _labelled_gaussians(means, per_class=_REAL_PER_CLASS, seed=1000)
+    return real_class_stats(real, real_labels, _NUM_CLASSES)
+
+
+@pytest.mark.parametrize("ratio", _RATIOS)
+def test_perfect_generator_scores_low_collapse_at_every_fake_to_real_ratio(
+    ratio: int, ratio_real_stats: RealClassStats
+) -> None:
+    # Uncalibrated (1 - mean coverage) this scored 0.03 at 1:1 and ~0.8 at 1:20. With 50 fakes
+    # a class (1:20) one fake set's score still varies by about +-0.04 in this 64-d space, so
+    # the generator's score is the mean over up to five independent fake sets; fewer where
+    # more fakes make one set's score steadier (and costlier).
+    means = _class_means(_NUM_CLASSES, _DIM)
+    scores = []
+    for draw in range(min(ratio, 5)):
+        fake, fake_labels = _labelled_gaussians(
+            means, per_class=_REAL_PER_CLASS // ratio, seed=2000 + 100 * draw
+        )
+        per_class = per_class_prdc_from_stats(ratio_real_stats, fake, fake_labels)
+        scores.append(collapse_score(per_class, _NUM_CLASSES))
+
+    assert sum(scores) / len(scores) <= 0.1, scores
+
+
+@pytest.mark.parametrize("ratio", _RATIOS)
+def test_generator_repeating_one_image_per_class_scores_high_collapse_at_every_ratio(
+    ratio: int, ratio_real_stats: RealClassStats
+) -> None:
+    per_class = _REAL_PER_CLASS // ratio
+    means = _class_means(_NUM_CLASSES, _DIM)
+    one_per_class, _ = _labelled_gaussians(means, per_class=1, seed=3000)
+    # Exact copies would score the same (test_one_repeated_point_per_class_gives_high_collapse
+    # has them), but make every fake-fake distance a tie that prdc recomputes exactly: seconds
+    # per class at 1000 copies. A jitter far below the k-NN radii (~10) avoids the ties.
+    jitter = 1e-3 * _gaussian(_NUM_CLASSES * per_class, _DIM, seed=3001)
+    fake = one_per_class.repeat_interleave(per_class, dim=0) + jitter
+    fake_labels = torch.arange(_NUM_CLASSES).repeat_interleave(per_class)
+
+    per_class_result = per_class_prdc_from_stats(ratio_real_stats, fake, fake_labels)
+
+    assert collapse_score(per_class_result, _NUM_CLASSES) >= 0.9
+
+
+def test_perfect_generator_scores_low_collapse_with_reals_far_above_the_cap() -> None:
+    # The example, which scored 0.55 uncalibrated: 4000 reals and 500 fakes per class.
+    means = _class_means(num_classes=4, d=_DIM)
+    real, real_labels = _labelled_gaussians(means, per_class=4000, seed=4000)
+    fake, fake_labels = _labelled_gaussians(means, per_class=500, seed=5000)
+
+    per_class = per_class_prdc(real, real_labels, fake, fake_labels, num_classes=4)
+
+    assert all(result.num_real == prdc_module.DEFAULT_REAL_CAP for result in per_class.values())
+    assert collapse_score(per_class, num_classes=4) <= 0.1
+
+
+def test_real_class_stats_keeps_the_same_seeded_subset_of_at_most_cap_reals() -> None:
+    means = _class_means(num_classes=3, d=8)
+    real, real_labels = _labelled_gaussians(means, per_class=50, seed=50)
+    keep = (real_labels != 2) | (torch.arange(150) % 50 < 20)  # class 2 has 20 reals
+    real, real_labels = real[keep], real_labels[keep]
+
+    stats = real_class_stats(real, real_labels, 3, k=5, cap=30)
+    again = real_class_stats(real, real_labels, 3, k=5, cap=30)
+    other_seed = real_class_stats(real, real_labels, 3, k=5, cap=30, seed=1)
+
+    assert [len(features) for features in stats.features] == [30, 30, 20]
+    assert all(torch.equal(a, b) for a, b in zip(stats.features, again.features, strict=True))
+    assert not torch.equal(stats.features[0], other_seed.features[0])
+    class_0 = real[real_labels == 0].double()
+    assert all((class_0 == row).all(dim=1).any() for row in stats.features[0])
+
+
+def test_per_class_prdc_from_cached_stats_equals_prdc_on_the_capped_reals() -> None:
+    means = _class_means(num_classes=3, d=16)
+    real, real_labels = _labelled_gaussians(means, per_class=80, seed=70)
+    fake, fake_labels = _labelled_gaussians(means, per_class=40, seed=700)
+    stats = real_class_stats(real, real_labels, 3, k=3, cap=60)
+
+    per_class = per_class_prdc_from_stats(stats, fake, fake_labels)
+
+    for c in range(3):
+        assert per_class[c] == prdc(stats.features[c], fake[fake_labels == c], k=3)
+        assert (per_class[c].num_real, per_class[c].num_fake, per_class[c].k) == (60, 40, 3)
+
+
+def test_class_with_too_few_reals_for_k_raises_naming_the_class_and_its_count() -> None:
+    means = _class_means(num_classes=3, d=8)
+    real, real_labels = _labelled_gaussians(means, per_class=20, seed=80)
+    keep = (real_labels != 2) | (torch.arange(60) % 20 < 5)  # class 2 has 5 reals
+    real, real_labels = real[keep], real_labels[keep]
+    fake, fake_labels = _labelled_gaussians(means, per_class=20, seed=800)
+
+    with pytest.raises(ValueError, match=r"k=5.*at least 6 real.*class 2: 5"):
+        per_class_prdc(real, real_labels, fake, fake_labels, num_classes=3, k=5)
+
+
+def test_class_with_exactly_min_real_per_class_is_scored() -> None:
+    assert min_real_per_class(5) == 6
+    means = _class_means(num_classes=2, d=8)
+    real, real_labels = _labelled_gaussians(means, per_class=min_real_per_class(5), seed=90)
+    fake, fake_labels = _labelled_gaussians(means, per_class=20, seed=900)
+
+    per_class = per_class_prdc(real, real_labels, fake, fake_labels, num_classes=2, k=5)
+
+    assert sorted(per_class) == [0, 1]
+
+
+def test_collapse_score_rejects_results_without_sample_sizes() -> None:
+    with pytest.raises(ValueError, match="sample sizes"):
+        collapse_score({0: PRDC(precision=1.0, recall=1.0, density=1.0, coverage=1.0)}, 1)

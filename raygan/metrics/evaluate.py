@@ -12,6 +12,7 @@ import os
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from filelock import FileLock
@@ -23,16 +24,21 @@ from torchvision.utils import make_grid
 
 from raygan.data import LabeledImages
 from raygan.metrics.features import (
-    CLASSIFIER_VERSION,
     Classifier,
     ClassifierFeatures,
     build_extractor,
     cache_dir,
     data_hash,
     load_or_train_classifier,
+    weights_hash,
 )
-from raygan.metrics.prdc import collapse_score, per_class_prdc, prdc
-from raygan.model import Generator, one_hot
+from raygan.metrics.prdc import (
+    collapse_score,
+    per_class_prdc_from_stats,
+    prdc,
+    real_class_stats,
+)
+from raygan.models.seam import GRID_PER_CLASS, GanModel, class_grid, sample_images
 
 EVAL_BATCH = 250
 
@@ -89,14 +95,16 @@ class Evaluator:
         seed: int = 1234,
         device: torch.device | str = "cpu",
         k: int = 5,
+        classifier_dir: Path | None = None,
     ) -> None:
         self.real = real
         self.num_samples = num_samples
         self.device = torch.device(device)
         self.k = k
-        self.classifier: Classifier = load_or_train_classifier(real)
+        self.classifier: Classifier = load_or_train_classifier(real, classifier_dir)
         self.extractor = build_extractor(extractor, real, self.classifier, inception_weights)
         self.real_features = self._real_features(extractor)
+        self.real_classes = real_class_stats(self.real_features, real.labels, real.num_classes, k)
         self.fake_labels = torch.arange(num_samples) % real.num_classes
         self.seed = seed
         dim = self.real_features.shape[1]
@@ -121,10 +129,8 @@ class Evaluator:
         """Real features, computed once per (data set, extractor) and cached on disk."""
         directory = cache_dir()
         directory.mkdir(parents=True, exist_ok=True)
-        file = (
-            directory
-            / f"real-features-{extractor}-{CLASSIFIER_VERSION}-{data_hash(self.real)}.safetensors"
-        )
+        key = f"{extractor}-{weights_hash(self.extractor)}-{data_hash(self.real)}"
+        file = directory / f"real-features-{key}.safetensors"
         with FileLock(str(file) + ".lock"):
             if file.exists():
                 return load_file(file)["features"]
@@ -144,32 +150,16 @@ class Evaluator:
             return self.classifier.head(features.to(self.device)).argmax(dim=1).cpu()
         return extract(self.classifier, fake, self.device).argmax(dim=1)
 
-    @torch.no_grad()
-    def generate(self, generator: Generator, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Images for `labels` (default: the balanced evaluation labels) from fixed noise, so
-        every evaluation of every trial scores the same latent points."""
-        labels = self.fake_labels if labels is None else labels
-        device = next(generator.parameters()).device
-        gen = torch.Generator().manual_seed(self.seed)
-        noise = torch.randn(len(labels), generator.cfg.latent_dim, generator=gen)
-        y = one_hot(labels, self.real.num_classes)
-        return torch.cat(
-            [
-                generator(noise[i : i + EVAL_BATCH].to(device), y[i : i + EVAL_BATCH].to(device))
-                .float()
-                .cpu()
-                for i in range(0, len(labels), EVAL_BATCH)
-            ]
-        )
+    def sample_grid(self, model: GanModel, g: torch.nn.Module | None = None) -> torch.Tensor:
+        """A (3, H, W) grid in [0, 1], one row per class: the export's samples.png, in
+        TensorBoard."""
+        return make_grid(class_grid(model, g=g), nrow=GRID_PER_CLASS, padding=1)
 
-    def sample_grid(self, generator: Generator, per_class: int = 8) -> torch.Tensor:
-        """A (3, H, W) grid in [0, 1]: one row per class, for eyes and TensorBoard."""
-        labels = torch.arange(self.real.num_classes).repeat_interleave(per_class)
-        images = self.generate(generator, labels)
-        return make_grid(images.add(1).div(2).clamp(0, 1), nrow=per_class, padding=1)
-
-    def evaluate(self, generator: Generator) -> EvalResult:
-        return self.score_images(self.generate(generator), self.fake_labels)
+    def evaluate(self, model: GanModel, g: torch.nn.Module | None = None) -> EvalResult:
+        """Scores of images from fixed noise, so every evaluation of every trial scores the
+        same latent points; `g` replaces the model's generator (e.g. its EMA)."""
+        fake = sample_images(model, self.fake_labels, self.seed, g)
+        return self.score_images(fake, self.fake_labels)
 
     def score_images(self, fake: torch.Tensor, fake_labels: torch.Tensor) -> EvalResult:
         """Score any set of images in [-1, 1] with the classes they should show."""
@@ -180,14 +170,7 @@ class Evaluator:
         self.kid.reset()
         self.kid.update(features.double(), real=False)
         overall = prdc(self.real_features, features, self.k)
-        per_class = per_class_prdc(
-            self.real_features,
-            self.real.labels,
-            features,
-            fake_labels,
-            self.real.num_classes,
-            self.k,
-        )
+        per_class = per_class_prdc_from_stats(self.real_classes, features, fake_labels)
         return EvalResult(
             fid=float(self.fid.compute()),
             kid=float(self.kid.compute()[0]),

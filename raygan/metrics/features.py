@@ -34,6 +34,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RAYGAN_CACHE", Path.home() / ".cache" / "raygan"))
 
 
+def weights_hash(net: nn.Module) -> str:
+    """A hash of a network's weights: cached features are only valid for the same weights."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def data_hash(data: LabeledImages) -> str:
     h = hashlib.sha256()
     h.update(data.images.numpy().tobytes())
@@ -87,9 +96,12 @@ def train_classifier(data: LabeledImages, steps: int = 400, seed: int = 0) -> Cl
     return net.eval()
 
 
-def load_or_train_classifier(data: LabeledImages) -> Classifier:
-    """Train once per data set; later trials (and processes) load the cached weights."""
-    directory = cache_dir()
+def load_or_train_classifier(data: LabeledImages, directory: Path | None = None) -> Classifier:
+    """Train once per data set; later trials (and processes) load the cached weights.
+
+    A search passes its experiment directory, so every trial on every node scores in the
+    feature space of one classifier, trained once by the driver."""
+    directory = directory or cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
     file = directory / f"classifier-{CLASSIFIER_VERSION}-{data_hash(data)}.safetensors"
     with FileLock(str(file) + ".lock"):

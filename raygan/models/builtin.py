@@ -1,4 +1,5 @@
-"""The conditional GAN: generator G(z, y) and projection discriminator D(x, y).
+"""raygan's built-in conditional GAN: generator G(z, y) and projection discriminator D(x, y),
+and its adapter to the model seam.
 
 Both networks are an ordered sequence of named blocks so that freeze depth is well defined:
 G's blocks count from the latent input, D's from the image input (FreezeD). D's head (the
@@ -10,12 +11,16 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
+
+from raygan.models.seam import ConditionalTensor, FreezeGroup, GanModel, export_program
 
 RESOLUTIONS = (32, 64, 128)
 
@@ -94,22 +99,7 @@ def down_block(in_ch: int, out_ch: int) -> nn.Sequential:
     )
 
 
-class BlockNet(nn.Module):
-    """A network that is a sequence of named blocks, some of which may be frozen."""
-
-    blocks: nn.Sequential
-    frozen: tuple[str, ...] = ()
-
-    def train(self, mode: bool = True) -> BlockNet:
-        # Frozen blocks stay in eval mode, so even buffers (spectral norm's power-iteration
-        # vectors) keep their pretrained values.
-        super().train(mode)
-        for name in self.frozen:
-            self.blocks.get_submodule(name).train(False)
-        return self
-
-
-class Generator(BlockNet):
+class Generator(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -127,7 +117,7 @@ class Generator(BlockNet):
         return self.blocks(torch.cat([z, y], dim=1))
 
 
-class Discriminator(BlockNet):
+class Discriminator(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -145,15 +135,18 @@ class Discriminator(BlockNet):
         # Projection conditioning (Miyato & Koyama 2018): logit += <embed(y), features>.
         self.class_projection = sn(nn.Linear(cfg.num_classes, features, bias=False))
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, group: int | None = None) -> torch.Tensor:
-        """x: (N, 3, R, R) images in [-1, 1]; y: (N, num_classes) one-hot. Returns (N,) logits.
-
-        `group`: minibatch-stddev group size; pass one that divides the real and the fake
-        halves when they share a batch, so real and fake statistics never mix."""
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x: (N, 3, R, R) images in [-1, 1]; y: (N, num_classes) one-hot. Returns (N,) logits."""
         h = self.blocks(x).sum(dim=(2, 3))
-        spread = minibatch_stddev(h, group or math.gcd(4, len(h)))
+        spread = minibatch_stddev(h, stddev_group(len(h)))
         logit = self.logit(torch.cat([h, spread], dim=1)).squeeze(1)
         return logit + (self.class_projection(y) * h).sum(dim=1)
+
+
+def stddev_group(n: int) -> int:
+    """A minibatch-stddev group size that divides both halves of an even batch: the trial loop
+    scores real and fake images in one batch, and their statistics must not mix."""
+    return math.gcd(4, n // 2) if n % 2 == 0 else 1
 
 
 def minibatch_stddev(h: torch.Tensor, group: int) -> torch.Tensor:
@@ -169,25 +162,42 @@ def build_models(cfg: ModelConfig) -> tuple[Generator, Discriminator]:
     return Generator(cfg), Discriminator(cfg)
 
 
-def max_freeze(net: Generator | Discriminator) -> int:
-    """Deepest legal freeze: all of D's blocks (its head stays free), all of G's but to_rgb."""
-    return len(net.blocks) - (1 if isinstance(net, Generator) else 0)
+class BuiltinGan(GanModel):
+    """The seam's adapter for raygan's own architecture (`adapter: raygan`)."""
 
+    adapter = "raygan"
 
-def freeze_blocks(net: Generator | Discriminator, depth: int) -> list[str]:
-    """Freeze the first `depth` blocks; returns their names. Frozen parameters get no gradient,
-    so they are left out of the optimizer and provably never change."""
-    limit = max_freeze(net)
-    if not 0 <= depth <= limit:
-        kind = type(net).__name__
-        raise ValueError(f"freeze depth for {kind} must be in [0, {limit}], got {depth}")
-    names = list(net.blocks._modules)[:depth]
-    for name in names:
-        net.blocks.get_submodule(name).requires_grad_(False)
-    net.frozen = tuple(names)
-    net.train(net.training)
-    return names
+    def __init__(self, cfg: ModelConfig) -> None:
+        g, d = build_models(cfg)
+        super().__init__(g, d, cfg.latent_dim, cfg.num_classes)
+        self.cfg = cfg
 
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], num_classes: int) -> BuiltinGan:
+        fields = {k: v for k, v in spec.items() if k in ModelConfig.__dataclass_fields__}
+        return cls(replace(ModelConfig(**fields), num_classes=num_classes))
 
-def trainable_parameters(net: nn.Module) -> list[nn.Parameter]:
-    return [p for p in net.parameters() if p.requires_grad]
+    def generate(self, z: torch.Tensor, labels: torch.Tensor, g: Any = None) -> torch.Tensor:
+        return (g or self.g)(z, one_hot(labels, self.num_classes))
+
+    def discriminate(self, x: torch.Tensor, labels: torch.Tensor, d: Any = None) -> torch.Tensor:
+        return (d or self.d)(x, one_hot(labels, self.num_classes))
+
+    def freeze_groups(self, net: str) -> list[FreezeGroup]:
+        blocks = self.net(net).blocks
+        return [FreezeGroup(name, [module]) for name, module in blocks.named_children()]
+
+    def conditional_tensors(self) -> list[ConditionalTensor]:
+        projection = "class_projection.parametrizations.weight"
+        return [
+            ConditionalTensor("generator", "blocks.input.linear.weight", 1, self.latent_dim),
+            ConditionalTensor("discriminator", f"{projection}.original", 1),
+            ConditionalTensor("discriminator", f"{projection}.0._v", 0),
+        ]
+
+    def spec(self) -> dict[str, Any]:
+        return {"adapter": self.adapter, **self.cfg.to_dict()}
+
+    def export(self, out: Path) -> list[str]:
+        export_program(self, out / "generator.pt2")
+        return ["generator.pt2"]

@@ -1,0 +1,107 @@
+"""`adapter: keras`: a Keras 3 CGAN (`generator.keras`, `discriminator.keras`) on Keras's
+torch backend, where a Keras model is a `torch.nn.Module` that trains under PyTorch optimizers.
+
+Models load with `safe_mode=True`, so a file that needs code to deserialise is refused. Images
+are NHWC in Keras and NCHW above the seam. The freeze groups are the weight-holding layers in
+order; a frozen layer is set `trainable = False`, which in Keras also runs its BatchNormalization
+in inference mode. Export writes the fine-tuned models back as `.keras` files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raygan.errors import ModelError
+from raygan.models.seam import FreezeGroup, GanModel
+
+KERAS_FILES = {"generator": "generator.keras", "discriminator": "discriminator.keras"}
+
+
+def import_keras() -> Any:
+    """Keras on the torch backend; a missing or wrongly configured Keras is one clear line."""
+    backend = os.environ.setdefault("KERAS_BACKEND", "torch")
+    if backend != "torch":
+        raise ModelError(f"adapter keras needs KERAS_BACKEND=torch, but it is set to {backend!r}")
+    try:
+        import keras
+    except ImportError:
+        raise ModelError("adapter keras needs Keras 3: pip install 'raygan[keras]'") from None
+    if keras.backend.backend() != "torch":
+        raise ModelError(
+            f"Keras was imported with the {keras.backend.backend()!r} backend before raygan "
+            "could select torch: set KERAS_BACKEND=torch"
+        )
+    return keras
+
+
+def load_keras_model(path: Path) -> nn.Module:
+    keras = import_keras()
+    if not path.is_file():
+        raise ModelError(f"Keras model not found: {path}")
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except ValueError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "safe_mode" in str(e) or "unsafe" in str(e).lower():
+            raise ModelError(
+                f"{path}: needs unsafe deserialisation (a Lambda layer or custom code), which "
+                f"raygan refuses; rebuild it without Lambda layers ({first[:200]})"
+            ) from None
+        raise ModelError(f"{path}: cannot be loaded by Keras ({first[:300]})") from None
+    except Exception as e:  # noqa: BLE001 - Keras raises many types for a corrupt file
+        raise ModelError(f"{path}: cannot be loaded by Keras ({type(e).__name__}: {e})") from None
+
+
+class KerasGan(GanModel):
+    adapter = "keras"
+
+    def __init__(self, spec: dict[str, Any], num_classes: int) -> None:
+        base = Path(spec["path"])
+        g = load_keras_model(base / KERAS_FILES["generator"])
+        d = load_keras_model(base / KERAS_FILES["discriminator"])
+        super().__init__(g, d, int(spec["latent_dim"]), num_classes)
+        self._spec = spec
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], num_classes: int) -> KerasGan:
+        return cls(spec, num_classes)
+
+    def encode(self, labels: torch.Tensor) -> torch.Tensor:
+        if self._spec.get("labels", "onehot") == "onehot":
+            return F.one_hot(labels, self.num_classes).float()
+        return labels
+
+    def generate(self, z: torch.Tensor, labels: torch.Tensor, g: Any = None) -> torch.Tensor:
+        net = g or self.g
+        images = net([z, self.encode(labels)], training=_training(net))
+        return images.permute(0, 3, 1, 2)
+
+    def discriminate(self, x: torch.Tensor, labels: torch.Tensor, d: Any = None) -> torch.Tensor:
+        net = d or self.d
+        logits = net([x.permute(0, 2, 3, 1), self.encode(labels)], training=_training(net))
+        return logits.reshape(len(x)) if logits.dim() == 2 and logits.shape[1] == 1 else logits
+
+    def freeze_groups(self, net: str) -> list[FreezeGroup]:
+        return [FreezeGroup(layer.name, [layer]) for layer in self.net(net).layers if layer.weights]
+
+    def freeze_module(self, module: nn.Module) -> None:
+        module.trainable = False  # also puts Keras BatchNormalization in inference mode
+
+    def spec(self) -> dict[str, Any]:
+        return dict(self._spec)
+
+    def export(self, out: Path) -> list[str]:
+        for net, file in KERAS_FILES.items():
+            self.net(net).save(out / file)
+        return list(KERAS_FILES.values())
+
+
+def _training(net: nn.Module) -> bool:
+    """Keras reads training mode from the call, not from torch's flag; DDP forwards both."""
+    return bool(getattr(net, "module", net).training)
