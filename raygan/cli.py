@@ -27,6 +27,17 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0 if result.status == "completed" else 1
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from raygan.config import FinetuneConfig, load_config
+    from raygan.models.describe import describe
+    from raygan.models.pretrained import load_base_and_data
+
+    cfg = load_config(FinetuneConfig, args.config, args.set)
+    base, _ = load_base_and_data(cfg.model, cfg.base, cfg.data, cfg.skip_corrupt)
+    print(describe(base))
+    return 0
+
+
 def _pretrain(args: argparse.Namespace) -> int:
     from raygan.config import PretrainConfig, load_config
     from raygan.pretrain import pretrain
@@ -82,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--resume", type=Path, help="checkpoint of this run to continue from")
     p.set_defaults(run=_finetune)
+
+    p = sub.add_parser(
+        "inspect", help="show a model as raygan sees it (freeze groups, classes) and test it"
+    )
+    p.add_argument("config", nargs="?", help="YAML with model, base and data (as for finetune)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(run=_inspect)
 
     p = sub.add_parser("pretrain", help="train a base model from scratch (no freezing)")
     p.add_argument("config", nargs="?", help="YAML file of PretrainConfig fields")

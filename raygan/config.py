@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -252,11 +253,22 @@ ParamSpec = Annotated[IntRange | Uniform | LogUniform | Choice, Field(discrimina
 
 
 class SchedulerConfig(Strict):
-    """ASHA over evaluations: a trial must survive `grace_evals` evaluations before it can be
-    stopped, and each rung keeps the best 1/`reduction_factor`."""
+    """What steers trials between evaluations; every interval counts evaluations.
 
+    asha: a trial must survive `grace_evals` evaluations before it can be stopped, and each
+    rung keeps the best 1/`reduction_factor`.
+    pbt: every `perturbation_interval` evaluations, a trial in the worst `quantile_fraction`
+    restarts from a best trial's checkpoint with that trial's settings, its continuous ones
+    (uniform/loguniform in the space) scaled by 0.8 or 1.2, or redrawn with
+    `resample_probability`.
+    none: every trial runs all its steps."""
+
+    kind: Literal["asha", "pbt", "none"] = "asha"
     grace_evals: int = Field(1, ge=1)
     reduction_factor: int = Field(2, ge=2)
+    perturbation_interval: int = Field(2, ge=1)
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5)
+    resample_probability: float = Field(0.25, ge=0, le=1)
 
 
 class SearchConfig(Strict):
@@ -277,10 +289,16 @@ class SearchConfig(Strict):
     gpus_per_worker: float = Field(0, ge=0)
     max_concurrent: int | None = Field(None, ge=1, description="default: what the cluster fits")
     seed: int = 0
+    searcher: Literal["tpe", "random", "grid"] = Field(
+        "tpe", description="grid: every point of the `choice` and `int` specs, no seed point"
+    )
     scheduler: SchedulerConfig = SchedulerConfig()
     max_failures: int = Field(2, ge=0, description="retries of a failed trial from its checkpoint")
     keep_checkpoints: int = Field(2, ge=1, description="per trial, best by objective")
     storage: str = "runs"
+    rescore_top: int = Field(
+        3, ge=0, description="export re-scores the best N checkpoints on fresh samples; 0: off"
+    )
 
     @model_validator(mode="after")
     def _space_names_hyperparameters_within_bounds(self) -> SearchConfig:
@@ -318,9 +336,68 @@ class SearchConfig(Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _grid_of_discrete_specs(self) -> SearchConfig:
+        if self.searcher != "grid":
+            return self
+        for name, spec in self.space.items():
+            if not isinstance(spec, (Choice, IntRange)):
+                raise ValueError(
+                    f"space.{name}: searcher grid takes `choice` and `int` specs only, got "
+                    f"{spec.type}: list the values to try as a choice"
+                )
+        points = grid_size(self.space)
+        if self.num_trials > points:
+            raise ValueError(
+                f"num_trials ({self.num_trials}) exceeds the grid's {points} points: "
+                f"set num_trials to {points} or fewer"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _pbt_alone_over_continuous_specs(self) -> SearchConfig:
+        if self.scheduler.kind != "pbt":
+            return self
+        if self.searcher != "random":
+            # Ray refuses PBT beside a search algorithm, and PBT picks its own new points.
+            raise ValueError(
+                f"scheduler.kind pbt needs `searcher: random` (got {self.searcher}): PBT "
+                "chooses new points itself by perturbing the best trials"
+            )
+        if not continuous_names(self.space):
+            raise ValueError(
+                "scheduler.kind pbt perturbs uniform/loguniform specs, and the space has none"
+            )
+        if self.workers > 1:
+            # PBT pauses trials mid-run; a paused Ray Train trial may keep its workers'
+            # placement group (ray-project/ray#54305) and later trials wait forever.
+            raise ValueError(f"scheduler.kind pbt needs workers: 1 (got {self.workers})")
+        perturb = self.scheduler.perturbation_interval * self.trial.eval_every
+        if perturb % self.trial.checkpoint_interval:
+            raise ValueError(
+                f"trial.checkpoint_every ({self.trial.checkpoint_interval}) must divide "
+                f"scheduler.perturbation_interval x trial.eval_every ({perturb} steps): PBT "
+                "copies the checkpoint of the evaluation where it perturbs"
+            )
+        return self
+
     def trial_config(self, params: dict[str, Any]) -> TrialConfig:
         """The fixed trial settings with one trial's sampled hyperparameters."""
         return TrialConfig.model_validate({**self.trial.model_dump(), **params})
+
+
+def grid_values(spec: IntRange | Choice) -> list[Any]:
+    return list(spec.values) if isinstance(spec, Choice) else list(range(spec.low, spec.high + 1))
+
+
+def grid_size(space: dict[str, Any]) -> int:
+    return math.prod(len(grid_values(spec)) for spec in space.values())
+
+
+def continuous_names(space: dict[str, Any]) -> list[str]:
+    """The specs PBT may perturb mid-run: a new int or choice (freezing, batch size, loss)
+    would not fit the optimizer state it restores."""
+    return [name for name, spec in space.items() if isinstance(spec, (Uniform, LogUniform))]
 
 
 def _within(spec: IntRange | Uniform | LogUniform | Choice, value: Any) -> bool:

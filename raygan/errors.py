@@ -19,3 +19,7 @@ class CheckpointError(RayganError):
 
 class ModelError(RayganError):
     """A user's model cannot be loaded or breaks the G(z, y) / D(x, y) contract."""
+
+
+class SearchFailed(RayganError):
+    """Every trial of a search failed; the message carries the first trial's error."""

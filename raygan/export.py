@@ -1,4 +1,7 @@
-"""Export: the best checkpoint over every evaluation of every trial, ready to sample from.
+"""Export: the best checkpoint of the search, ready to sample from.
+
+The best few checkpoints by their search objective are scored again on fresh noise and the
+best by that re-score is exported: the minimum over dozens of noisy evaluations is partly luck.
 
     OUT/generator.safetensors, discriminator.safetensors, raygan.json   the checkpoint
     OUT/generator.pt2              G(z, class index) as a torch.export program, for serving
@@ -6,7 +9,7 @@
                                    discriminator.keras, loadable by plain Keras)
     OUT/samples.png                one row per class
     OUT/trials.parquet             every trial: params, best/last metrics, status, stop reason
-    OUT/best.json                  trial, hyperparameters and metrics of the export
+    OUT/best.json                  trial, hyperparameters, metrics and re-scores of the export
     OUT/MODEL_CARD.md
 
 Everything is read from the experiment directory alone, so export works after the search,
@@ -16,6 +19,7 @@ on another machine, or on a half-finished experiment.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import tempfile
@@ -28,8 +32,19 @@ import torch
 from torchvision.utils import save_image
 
 from raygan.checkpoint import SIDECAR, _replace_dir, load_checkpoint
+from raygan.config import SearchConfig
 from raygan.errors import CheckpointError, ConfigError
+from raygan.experiment import load_settings
+from raygan.metrics.evaluate import Evaluator, objective
+from raygan.models.pretrained import load_base_and_data
 from raygan.models.seam import GRID_PER_CLASS, class_grid, sample_images
+
+log = logging.getLogger(__name__)
+
+# Not the noise seed of the search's evaluations (Evaluator's default), so the re-score sees
+# images no checkpoint was selected on.
+RESCORE_SEED = 4321
+Candidate = tuple[float, Path, dict[str, Any]]  # (search objective, checkpoint dir, state)
 
 TRIAL_COLUMNS = (
     "fid",
@@ -44,7 +59,7 @@ TRIAL_COLUMNS = (
 )
 
 
-def find_checkpoints(experiment: Path) -> list[tuple[float, Path, dict[str, Any]]]:
+def find_checkpoints(experiment: Path) -> list[Candidate]:
     """(objective, checkpoint dir, state) of every evaluated checkpoint in the experiment."""
     found = []
     for sidecar in experiment.rglob(SIDECAR):
@@ -107,7 +122,7 @@ def trial_status(trial_dir: Path, evaluations: list[dict], steps: int | None) ->
     if not evaluations:
         return "pending", ""
     if steps is not None and last.get("step", 0) < steps:
-        return "stopped", "by ASHA: objective behind its rung"
+        return "stopped", "by ASHA: score behind its rung"
     return "completed", ""
 
 
@@ -125,15 +140,74 @@ def _cell(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, (list, dict)) else value
 
 
-def export_best(experiment: str | Path, out: str | Path) -> Path:
-    """Write the export folder atomically; returns its path."""
+def rescore(candidates: list[Candidate], cfg: SearchConfig, experiment: Path) -> list[dict]:
+    """Each candidate scored on fresh noise, with the search's data, evaluation settings and
+    feature space (the classifier the search trained into the experiment)."""
+    from raygan.trial import default_device
+
+    _, data = load_base_and_data(cfg.model, cfg.base, cfg.data, cfg.skip_corrupt)
+    trial = cfg.trial
+    device = default_device()
+    evaluator = Evaluator(
+        data,
+        trial.eval_samples,
+        trial.feature_extractor,
+        trial.inception_weights,
+        seed=RESCORE_SEED,
+        device=device,
+        classifier_dir=experiment,
+    )
+    scores = []
+    for search_objective, source, state in candidates:
+        model = load_checkpoint(source).build()
+        model.to(device)
+        metrics = evaluator.evaluate(model).scalars()
+        scores.append(
+            {
+                "trial_id": state.get("run_id", ""),
+                "step": state.get("step"),
+                "source_checkpoint": str(source),
+                "objective": search_objective,
+                "rescored_objective": objective(metrics["fid"], metrics["collapse"]),
+                "rescored_fid": metrics["fid"],
+                "rescored_collapse": metrics["collapse"],
+            }
+        )
+    return scores
+
+
+def choose_checkpoint(
+    experiment: Path, candidates: list[Candidate], top: int | None
+) -> tuple[Candidate, list[dict]]:
+    """The checkpoint to export and the re-scores it was chosen by (empty: plain argmin)."""
+    cfg = load_settings(experiment)
+    if cfg is None:
+        log.warning(
+            "%s has no search settings (an older experiment): exporting the best search "
+            "objective without re-scoring",
+            experiment,
+        )
+        return candidates[0], []
+    top = cfg.rescore_top if top is None else top
+    if top == 0:
+        return candidates[0], []
+    scores = rescore(candidates[:top], cfg, experiment)
+    best = min(range(len(scores)), key=lambda i: scores[i]["rescored_objective"])
+    return candidates[best], scores
+
+
+def export_best(experiment: str | Path, out: str | Path, rescore_top: int | None = None) -> Path:
+    """Write the export folder atomically; returns its path. `rescore_top`: how many of the
+    best checkpoints to re-score (default: the search's `rescore_top`; 0: plain argmin)."""
     experiment, out = Path(experiment), Path(out)
     if not experiment.is_dir():
         raise ConfigError(f"experiment directory not found: {experiment}")
     candidates = find_checkpoints(experiment)
     if not candidates:
         raise CheckpointError(f"{experiment}: no evaluated checkpoint to export yet")
-    objective, source, state = candidates[0]
+    (search_objective, source, state), scores = choose_checkpoint(
+        experiment, candidates, rescore_top
+    )
     ckpt = load_checkpoint(source)
     model = ckpt.build()
     steps = state.get("hparams", {}).get("steps")
@@ -148,14 +222,17 @@ def export_best(experiment: str | Path, out: str | Path) -> Path:
         save_image(class_grid(model), tmp / "samples.png", nrow=GRID_PER_CLASS, padding=1)
         serving = model.export(tmp)
         write_trials_table(rows, tmp / "trials.parquet")
+        chosen = next((s for s in scores if s["source_checkpoint"] == str(source)), {})
         best = {
             "trial_id": state.get("run_id", ""),
             "step": state.get("step"),
-            "objective": objective,
+            "objective": search_objective,
+            "rescored_objective": chosen.get("rescored_objective"),
             "hyperparameters": state.get("hparams", {}),
             "metrics": state.get("metrics", {}),
             "source_checkpoint": str(source),
             "class_names": ckpt.class_names,
+            "rescore": {"seed": RESCORE_SEED, "candidates": scores} if scores else None,
         }
         (tmp / "best.json").write_text(json.dumps(best, indent=2, default=float))
         card = model_card(best, ckpt.spec, model.latent_dim, serving, len(rows))
@@ -177,8 +254,7 @@ def model_card(
     return f"""# raygan export
 
 Class-conditional GAN generator fine-tuned by a raygan search ({trials} trials); this is the
-best checkpoint over all evaluations of all trials
-(trial `{best["trial_id"]}`, step {best["step"]}).
+best checkpoint of the search (trial `{best["trial_id"]}`, step {best["step"]}).
 
 - Model: {spec}
 - Classes: {", ".join(best["class_names"])}
@@ -187,7 +263,7 @@ best checkpoint over all evaluations of all trials
   collapse {m.get("collapse", float("nan")):.3f}, coverage {m.get("coverage", float("nan")):.3f},
   precision {m.get("precision", float("nan")):.3f}, recall {m.get("recall", float("nan")):.3f},
   class accuracy {m.get("class_accuracy", float("nan")):.3f}
-- Objective: FID x (1 + collapse) = {best["objective"]:.3f}
+- Objective: FID x (1 + collapse) = {best["objective"]:.3f} in the search{_rescore_note(best)}
 
 ## Use
     raygan sample EXPORT_DIR --class {best["class_names"][0]} -n 16 -o samples.png
@@ -198,6 +274,16 @@ or without raygan: {_serving_hint(serving, latent_dim, len(best["class_names"]))
 FID here uses the feature extractor named in the hyperparameters (the default is a small
 classifier trained on the target data), so it is comparable within this search only.
 """
+
+
+def _rescore_note(best: dict[str, Any]) -> str:
+    if not best["rescore"]:
+        return " (the best of all evaluations, not re-scored)"
+    count = len(best["rescore"]["candidates"])
+    return (
+        f"; {best['rescored_objective']:.3f} on fresh samples (the best {count} checkpoints "
+        "by the search were re-scored; this one scored best)"
+    )
 
 
 def _serving_hint(serving: list[str], latent_dim: int, num_classes: int) -> str:

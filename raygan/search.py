@@ -18,12 +18,24 @@ from typing import Any
 
 import ray
 import torch
+from optuna.samplers import GridSampler, TPESampler
 from ray import tune
+from ray.tune.schedulers import TrialScheduler
+from ray.tune.search import SearchAlgorithm
 
 from raygan.checkpoint import Checkpoint
-from raygan.config import Choice, IntRange, LogUniform, SearchConfig, TrialConfig
+from raygan.config import (
+    Choice,
+    IntRange,
+    LogUniform,
+    SearchConfig,
+    TrialConfig,
+    continuous_names,
+    grid_values,
+)
 from raygan.data import LabeledImages
-from raygan.errors import ConfigError
+from raygan.errors import ConfigError, SearchFailed
+from raygan.experiment import check_resume_settings, save_settings
 from raygan.export import export_best, read_trials
 from raygan.models.pretrained import load_base_and_data
 from raygan.safety import check_resumable
@@ -351,9 +363,9 @@ def run_reporting_to_ray(
         if checkpoint_dir:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
-    trial_log = (
-        TrialLog(Path(ctx.tensorboard_root) / trial_id, cfg.model_dump()) if write_logs else None
-    )
+    # The HParams tab compares what the search varies; constant settings would crowd it.
+    searched = {name: getattr(cfg, name) for name in search.space}
+    trial_log = TrialLog(Path(ctx.tensorboard_root) / trial_id, searched) if write_logs else None
     try:
         run_trial(
             cfg,
@@ -385,44 +397,126 @@ def trainable_for(cfg: SearchConfig, ctx: TrialContext) -> Any:
     return tune.with_resources(tune.with_parameters(trial_driver, ctx=ctx), resources)
 
 
-def build_tuner(cfg: SearchConfig, root: str, concurrency: int, ctx: TrialContext) -> tune.Tuner:
-    import optuna
-    from ray.tune.schedulers import ASHAScheduler
+def build_searcher(cfg: SearchConfig, concurrency: int) -> SearchAlgorithm:
+    """What picks each trial's parameters, running at most `concurrency` trials at once.
+
+    tpe and grid are Optuna samplers behind Ray's `OptunaSearch`; random is Tune's own
+    generator, the one searcher Ray lets run beside PBT."""
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.basic_variant import BasicVariantGenerator
     from ray.tune.search.optuna import OptunaSearch
 
-    searcher = OptunaSearch(
+    if cfg.searcher == "random":
+        return BasicVariantGenerator(
+            points_to_evaluate=seed_point(cfg), max_concurrent=concurrency, random_state=cfg.seed
+        )
+    optuna_search = OptunaSearch(
         metric=METRIC,
         mode=MODE,
-        points_to_evaluate=seed_point(cfg),
-        sampler=optuna.samplers.TPESampler(
-            seed=cfg.seed,
-            # Optuna's default of 10 random start-up trials makes any search of 10 or fewer
-            # trials random search; the seed recipe counts toward them.
-            n_startup_trials=startup_trials(cfg.num_trials),
-            # Set explicitly: their defaults changed between Optuna 4 and 5.
-            multivariate=True,
-            constant_liar=True,
-        ),
+        # A grid visits its own points; the seed recipe need not be one of them.
+        points_to_evaluate=seed_point(cfg) if cfg.searcher == "tpe" else None,
+        sampler=tpe_sampler(cfg) if cfg.searcher == "tpe" else grid_sampler(cfg),
     )
-    scheduler = ASHAScheduler(
-        time_attr="training_iteration",  # one iteration = one evaluation
-        max_t=evaluations_per_trial(cfg.trial),
-        grace_period=cfg.scheduler.grace_evals,
-        reduction_factor=cfg.scheduler.reduction_factor,
-        # A trial that reaches its last evaluation ends by itself. Stopping it there kills a
-        # TorchTrainer driver before it frees its placement group (ray-project/ray#54305).
-        stop_last_trials=False,
+    return ConcurrencyLimiter(optuna_search, max_concurrent=concurrency)
+
+
+def tpe_sampler(cfg: SearchConfig) -> TPESampler:
+    return TPESampler(
+        seed=cfg.seed,
+        # Optuna's default of 10 random start-up trials makes any search of 10 or fewer
+        # trials random search; the seed recipe counts toward them.
+        n_startup_trials=startup_trials(cfg.num_trials),
+        # Set explicitly: their defaults changed between Optuna 4 and 5.
+        multivariate=True,
+        constant_liar=True,
     )
+
+
+def grid_sampler(cfg: SearchConfig) -> GridSampler:
+    """Every point of the grid once, in an order shuffled by `seed` (the config allows no more
+    trials than points, so a smaller budget visits a random subset)."""
+    grid = {name: grid_values(spec) for name, spec in cfg.space.items()}
+    return TuneGridSampler(grid, seed=cfg.seed)
+
+
+class TuneGridSampler(GridSampler):
+    """Tune's `num_samples` ends the search. Optuna's GridSampler calls `study.stop()` after
+    the last point, which raises outside `study.optimize()` (Ray asks and tells)."""
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        return None
+
+
+def build_scheduler(cfg: SearchConfig) -> TrialScheduler:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    sched = cfg.scheduler
+    if sched.kind == "asha":
+        return ASHAScheduler(
+            metric=METRIC,
+            mode=MODE,
+            time_attr="training_iteration",  # one iteration = one evaluation
+            max_t=evaluations_per_trial(cfg.trial),
+            grace_period=sched.grace_evals,
+            reduction_factor=sched.reduction_factor,
+            # A trial that reaches its last evaluation ends by itself. Stopping it there kills a
+            # TorchTrainer driver before it frees its placement group (ray-project/ray#54305).
+            stop_last_trials=False,
+        )
+    if sched.kind == "pbt":
+        space = param_space(cfg)
+        names = continuous_names(cfg.space)
+        return PopulationBasedTraining(
+            # PBT continues from a trial's latest weights, so it ranks them by their latest
+            # objective; the best so far may be long gone.
+            metric=CHECKPOINT_METRIC,
+            mode=MODE,
+            time_attr="training_iteration",
+            perturbation_interval=sched.perturbation_interval,
+            hyperparam_mutations={name: space[name] for name in names},
+            quantile_fraction=sched.quantile_fraction,
+            resample_probability=sched.resample_probability,
+            custom_explore_fn=ClampToSpace(
+                {name: (cfg.space[name].low, cfg.space[name].high) for name in names}
+            ),
+        )
+    return FIFOScheduler()
+
+
+@dataclass(frozen=True)
+class ClampToSpace:
+    """PBT scales values by 0.8 or 1.2, which can leave the space (beta1 0.9 -> 1.08); bring
+    them back to its bounds. A class, not a closure: Tune pickles the scheduler."""
+
+    bounds: dict[str, tuple[float, float]]
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        for name, (low, high) in self.bounds.items():
+            config[name] = min(max(config[name], low), high)
+        return config
+
+
+def checkpoint_config(cfg: SearchConfig) -> tune.CheckpointConfig:
+    if cfg.scheduler.kind == "pbt":
+        # Any trial's latest checkpoint may be copied into another trial at any time; keeping
+        # only the best few by objective could delete it first.
+        return tune.CheckpointConfig(num_to_keep=None)
+    return tune.CheckpointConfig(
+        num_to_keep=cfg.keep_checkpoints,
+        checkpoint_score_attribute=CHECKPOINT_METRIC,
+        checkpoint_score_order=MODE,
+    )
+
+
+def build_tuner(cfg: SearchConfig, root: str, concurrency: int, ctx: TrialContext) -> tune.Tuner:
     return tune.Tuner(
         trainable_for(cfg, ctx),
         param_space=param_space(cfg),
         tune_config=tune.TuneConfig(
-            metric=METRIC,
-            mode=MODE,
-            search_alg=searcher,
-            scheduler=scheduler,
+            # The searcher and scheduler name their own metric: PBT ranks by another one.
+            search_alg=build_searcher(cfg, concurrency),
+            scheduler=build_scheduler(cfg),
             num_samples=cfg.num_trials,
-            max_concurrent_trials=concurrency,
             # A reused trial actor keeps the previous trial's Ray Train controller, and its
             # placement group, alive (ray-project/ray#54305); one-worker trials have none, and
             # reusing their actor saves ~5 s of process start and imports per trial.
@@ -431,11 +525,7 @@ def build_tuner(cfg: SearchConfig, root: str, concurrency: int, ctx: TrialContex
         run_config=tune.RunConfig(
             name=cfg.name,
             storage_path=root,
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=cfg.keep_checkpoints,
-                checkpoint_score_attribute=CHECKPOINT_METRIC,
-                checkpoint_score_order=MODE,
-            ),
+            checkpoint_config=checkpoint_config(cfg),
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             verbose=1,
         ),
@@ -470,6 +560,8 @@ def run_search(
     Bad input fails before any trial starts."""
     if resume:
         check_resumable(resume)  # before Ray starts or anything is unpickled
+        if "://" not in resume:
+            check_resume_settings(Path(resume), cfg)
     base, data = preflight(cfg)
     joined = connect(address, ray_train=cfg.workers > 1)
     concurrency = check_resources(cfg, may_grow=joined)
@@ -491,7 +583,9 @@ def run_search(
     log.info("search %s: %d trials, up to %d at once", experiment, cfg.num_trials, concurrency)
     local = "://" not in experiment
     pretrained = score_pretrained(cfg, base, data, Path(experiment)) if local else {"fid": math.nan}
-    tuner.fit()
+    if local and not resume:
+        save_settings(Path(experiment), cfg)  # what --resume and export check against
+    raise_if_all_failed(tuner.fit())
     if not local:
         return SearchOutcome(
             experiment, None, "export: sync the experiment locally, then `raygan export`"
@@ -499,3 +593,18 @@ def run_search(
     export = export_best(experiment, Path(experiment) / "export")
     rows = read_trials(Path(experiment), cfg.trial.steps)
     return SearchOutcome(experiment, export, format_summary(rows, cfg, pretrained, export))
+
+
+def raise_if_all_failed(results: tune.ResultGrid) -> None:
+    """A search without one working trial is an error, told by its first trial's error."""
+    if len(results) and results.num_errors == len(results):
+        raise SearchFailed(
+            f"all {len(results)} trials failed; the first with: {last_line(results.errors[0])}"
+        )
+
+
+def last_line(error: BaseException) -> str:
+    """An error's last non-empty line: Ray's wrapped trial errors end with the original
+    `Type: message` after their traceback."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(error).__name__

@@ -93,8 +93,23 @@ def format_summary(
     stopped = [r for r in rows if r["status"] not in ("completed",)]
     for row in stopped:
         out.append(f"trial {row['trial_id']}: {row['status']} {row['stop_reason']}".rstrip())
-    out.append(f"Exported best model to {export}")
+    failed = [r for r in rows if r["status"] == "error"]
+    if failed:
+        out.append(f"{len(failed)} of {len(rows)} trials failed")
+    out.append(f"Exported best model to {export}{export_note(export)}")
     return "\n".join(out)
+
+
+def export_note(export: Path) -> str:
+    """Which checkpoint the export holds and its two scores, from its best.json."""
+    try:
+        best = json.loads((export / "best.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return ""
+    note = f": trial {best['trial_id']} step {best['step']}, objective {_fmt(best['objective'])}"
+    if best.get("rescored_objective") is not None:
+        note += f" in the search, {_fmt(best['rescored_objective'])} on fresh samples"
+    return note
 
 
 def _fmt(value: Any) -> str:

@@ -77,3 +77,30 @@ def test_sample_rejects_unknown_class_with_the_known_ones(tiny_base, tmp_path, c
         == 0
     )
     assert (tmp_path / "x.png").stat().st_size > 0
+
+
+def test_inspect_lists_freeze_groups_conditional_tensors_and_runs_g_then_d(
+    tiny_base, tmp_path, capsys
+):
+    base = save_checkpoint(tiny_base, tmp_path / "base")
+    code = main(["inspect", "--set", f"base={base}", "--set", "data=demo:target:200"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "adapter: raygan" in printed
+    assert "freeze_g in [0, 4]" in printed and "freeze_d in [0, 4]" in printed
+    assert "generator.blocks.input.linear.weight  dim 1, start 128" in printed
+    assert "G -> D on random input: ok (images (4, 3, 32, 32)" in printed
+
+
+def test_inspect_of_a_broken_user_model_is_one_line_exit_2(tmp_path, capsys):
+    import torch
+
+    factory = tmp_path / "broken.py"
+    factory.write_text("def build(num_classes=10):\n    return 'not modules'\n")
+    weights = tmp_path / "gan.pt"
+    torch.save({"generator": {}, "discriminator": {}}, weights)
+    args = ["--set", "model.adapter=torch", "--set", f"model.factory={factory}:build"]
+    code = main(["inspect", *args, "--set", f"base={weights}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "must return (G, D), two torch.nn.Modules; got str" in err[0]

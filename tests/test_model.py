@@ -90,3 +90,24 @@ def test_frozen_parameters_are_left_out_of_the_optimizer(tiny_base):
         p for n, p in m.d.named_parameters() if n.startswith(("blocks.from_rgb", "blocks.down1"))
     ]
     assert frozen and not any(id(p) in optimized for p in frozen)
+
+
+def test_spectral_norm_and_minibatch_stddev_stay_fp32_under_bf16_autocast(monkeypatch):
+    from torch.nn.utils.parametrizations import _SpectralNorm
+
+    from raygan.models.builtin import Discriminator, minibatch_stddev
+
+    seen = []
+    power_method = _SpectralNorm._power_method
+
+    def recording(self, weight_mat, n_power_iterations):
+        seen.append((torch.is_autocast_enabled("cpu"), weight_mat.dtype))
+        return power_method(self, weight_mat, n_power_iterations)
+
+    monkeypatch.setattr(_SpectralNorm, "_power_method", recording)
+    d = Discriminator(ModelConfig(num_classes=3, resolution=32, channels=4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        d(torch.randn(8, 3, 32, 32), one_hot(torch.arange(8) % 3, 3))
+        spread = minibatch_stddev(torch.randn(8, 16, dtype=torch.bfloat16), 4)
+    assert seen and all(not on and dtype == torch.float32 for on, dtype in seen), seen
+    assert spread.dtype == torch.float32

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _SpectralNorm  # fp32 subclass below
 
 from raygan.models.seam import ConditionalTensor, FreezeGroup, GanModel, export_program
 
@@ -86,9 +87,20 @@ def up_block(in_ch: int, out_ch: int) -> nn.Sequential:
     )
 
 
+class FP32SpectralNorm(_SpectralNorm):
+    """Spectral norm whose power iteration runs in fp32 under bf16 autocast: sigma from bf16
+    matrix-vector products is off by up to a percent, enough to let D's Lipschitz bound drift."""
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(weight.device.type, enabled=False):
+            return super().forward(weight.float())
+
+
 def sn(layer: nn.Module) -> nn.Module:
-    """Spectral normalisation keeps D Lipschitz, which is what makes BCE training stable."""
-    return spectral_norm(layer)
+    """Spectral normalisation keeps D Lipschitz, which is what makes BCE training stable.
+    Same state-dict names as torch's `spectral_norm` (on Conv2d and Linear, dim 0)."""
+    parametrize.register_parametrization(layer, "weight", FP32SpectralNorm(layer.weight))
+    return layer
 
 
 def down_block(in_ch: int, out_ch: int) -> nn.Sequential:
@@ -153,8 +165,9 @@ def minibatch_stddev(h: torch.Tensor, group: int) -> torch.Tensor:
     """Per-sample feature spread within its group (Karras et al. 2018): lets D see that a
     batch lacks variety, which is what pushes G away from mode collapse."""
     n, c = h.shape
-    grouped = h.view(n // group, group, c)
-    spread = grouped.var(dim=1, unbiased=False).add(1e-8).sqrt().mean(dim=1, keepdim=True)
+    with torch.autocast(h.device.type, enabled=False):  # a variance of bf16 values is noise
+        grouped = h.float().view(n // group, group, c)
+        spread = grouped.var(dim=1, unbiased=False).add(1e-8).sqrt().mean(dim=1, keepdim=True)
     return spread.repeat_interleave(group, dim=0)
 
 

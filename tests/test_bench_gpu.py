@@ -1,0 +1,30 @@
+"""bench/gpu.py, issue 12's GPU benchmark, stays runnable: its CPU dry run measures both models
+through raygan's step and the plain loop, and writes the rows to the path it is given."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_benchmark_dry_run_writes_a_step_row_per_model(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu.py"), "--dry-run", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows = {(r["model"], r["batch"], r["precision"]): r for r in result["rows"]}
+    assert set(rows) == {("builtin", 4, "fp32"), ("dcgan", 4, "fp32")}
+    for row in rows.values():
+        assert row["raygan_img_s"] > 0 and row["plain_img_s"] > 0
+        assert row["ratio"] > 0 and row["gflop_per_img"] > 0
+        assert row["peak_fraction"] == "unknown"  # a CPU has no entry in the peak table
+    assert result["settings"]["dry_run"] is True
+    assert result["searches"] == []  # Ray only with --with-ray
