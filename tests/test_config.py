@@ -14,7 +14,7 @@ def write(tmp_path, text, name="s.yaml"):
 
 def test_overrides_are_parsed_as_yaml_scalars_and_validated(tmp_path):
     cfg = load_config(FinetuneConfig, None, ["lr=1e-4", "augment=true", "freeze_d=2"])
-    assert (cfg.lr, cfg.augment, cfg.freeze_d) == (1e-4, True, 2)
+    assert (cfg.lr, cfg.augment, cfg.freeze_d) == (1e-4, "diffaug", 2)
 
 
 def test_dotted_override_reaches_nested_trial_settings(tmp_path):
@@ -78,3 +78,33 @@ def test_shipped_search_spaces_are_valid():
 def test_trial_config_merges_sampled_parameters():
     search = SearchConfig(space={}, trial=TrialConfig(steps=10))
     assert search.trial_config({"lr": 3e-4}).steps == 10
+
+
+def test_seed_recipe_outside_the_space_is_refused_at_load():
+    with pytest.raises(ConfigError, match=r"seed_recipe.lr: 1e-06 is outside space.lr"):
+        load_config(
+            SearchConfig,
+            None,
+            ["space.lr={type: loguniform, low: 1.0e-5, high: 1.0e-3}", "seed_recipe={lr: 1.0e-6}"],
+        )
+
+
+def test_unknown_augment_policy_names_the_bad_op():
+    with pytest.raises(ConfigError, match="unknown op 'colour'"):
+        load_config(FinetuneConfig, None, ["augment=diffaug:colour"])
+
+
+def test_seed_point_fills_lr_g_lr_d_and_batch_size_choices_with_values_of_the_space():
+    from raygan.search import seed_point
+
+    cfg = load_config(
+        SearchConfig,
+        None,
+        [
+            "space.lr_g={type: loguniform, low: 1.0e-5, high: 1.0e-3}",
+            "space.lr_d={type: loguniform, low: 1.0e-5, high: 1.0e-3}",
+            "space.batch_size={type: choice, values: [8, 32]}",
+        ],
+    )
+    # The default seed recipe sets lr 1e-5 and no lr_g/lr_d: they fall back to it.
+    assert seed_point(cfg) == [{"lr_g": 1e-5, "lr_d": 1e-5, "batch_size": 8}]

@@ -2,7 +2,7 @@
 loop, and save base.pt = {"generator": state_dict, "discriminator": state_dict} next to this
 file: the pretrained model a user brings to raygan.
 
-    python examples/dcgan-torch/pretrain.py [--steps 600]
+    python examples/dcgan-torch/pretrain.py [--steps 400]
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from raygan.data import load_dataset  # noqa: E402 - only to read the demo image
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", type=Path, default=HERE / "base.pt")
     args = parser.parse_args()
 

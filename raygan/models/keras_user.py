@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raygan.errors import ModelError
-from raygan.models.seam import FreezeGroup, GanModel
+from raygan.models.seam import NETS, ConditionalTensor, FreezeGroup, GanModel
 
 KERAS_FILES = {"generator": "generator.keras", "discriminator": "discriminator.keras"}
 
@@ -58,6 +58,28 @@ def load_keras_model(path: Path) -> nn.Module:
         raise ModelError(f"{path}: cannot be loaded by Keras ({type(e).__name__}: {e})") from None
 
 
+def label_width(g: Any) -> int:
+    """The size of a Keras G's label input (its second input): its class count when one-hot."""
+    return int(g.inputs[1].shape[-1])
+
+
+def check_generator_inputs(g: Any, spec: dict[str, Any], num_classes: int, path: Path) -> None:
+    """G is called as G([noise, label]); a model built otherwise fails here, in words."""
+    inputs = list(getattr(g, "inputs", None) or [])
+    if len(inputs) != 2:
+        raise ModelError(f"{path}: G must take two inputs [noise, label], got {len(inputs)}")
+    if inputs[0].shape[-1] != int(spec["latent_dim"]):
+        raise ModelError(
+            f"model.latent_dim is {spec['latent_dim']} but {path} takes noise of size "
+            f"{inputs[0].shape[-1]}"
+        )
+    if spec.get("labels", "onehot") == "onehot" and label_width(g) != num_classes:
+        raise ModelError(
+            f"{path} takes one-hot labels of {label_width(g)} classes but the data has "
+            f"{num_classes}: adapter keras keeps the base model's classes"
+        )
+
+
 class KerasGan(GanModel):
     adapter = "keras"
 
@@ -65,6 +87,7 @@ class KerasGan(GanModel):
         base = Path(spec["path"])
         g = load_keras_model(base / KERAS_FILES["generator"])
         d = load_keras_model(base / KERAS_FILES["discriminator"])
+        check_generator_inputs(g, spec, num_classes, base / KERAS_FILES["generator"])
         super().__init__(g, d, int(spec["latent_dim"]), num_classes)
         self._spec = spec
 
@@ -88,7 +111,30 @@ class KerasGan(GanModel):
         return logits.reshape(len(x)) if logits.dim() == 2 and logits.shape[1] == 1 else logits
 
     def freeze_groups(self, net: str) -> list[FreezeGroup]:
-        return [FreezeGroup(layer.name, [layer]) for layer in self.net(net).layers if layer.weights]
+        # A layer that reads the label directly (the tutorial D's Dense(one-hot) label map) is
+        # the conditioning, which must adapt to the new domain: it is no group and never freezes.
+        return [
+            FreezeGroup(layer.name, [layer])
+            for layer in self.net(net).layers
+            if layer.weights and self._class_weight(layer) is None
+        ]
+
+    def conditional_tensors(self) -> list[ConditionalTensor]:
+        return [
+            ConditionalTensor(net, f"_torch_params.{weight.path}", 0)
+            for net in NETS
+            for layer in self.net(net).layers
+            if (weight := self._class_weight(layer)) is not None
+        ]
+
+    def _class_weight(self, layer: Any) -> Any:
+        """The weight with one row per class of a layer fed by the label input, or None."""
+        keras = import_keras()
+        if self._spec.get("labels", "onehot") == "onehot":
+            weight = layer.kernel if isinstance(layer, keras.layers.Dense) else None
+        else:
+            weight = layer.embeddings if isinstance(layer, keras.layers.Embedding) else None
+        return weight if weight is not None and weight.shape[0] == self.num_classes else None
 
     def freeze_module(self, module: nn.Module) -> None:
         module.trainable = False  # also puts Keras BatchNormalization in inference mode

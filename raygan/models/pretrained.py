@@ -21,7 +21,7 @@ from raygan.data import LabeledImages, load_dataset
 from raygan.errors import CheckpointError, ModelError
 from raygan.metrics.prdc import min_real_per_class
 from raygan.models import build
-from raygan.models.keras_user import KERAS_FILES
+from raygan.models.keras_user import KERAS_FILES, label_width, load_keras_model
 from raygan.models.seam import ConditionalTensor, GanModel
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,10 @@ def _read_keras(model: KerasModelSpec, path: Path) -> Pretrained:
     if missing:
         raise ModelError(f"base {path}: adapter keras expects {missing[0]} in this directory")
     spec = {**model.model_dump(exclude={"class_map"}), "path": str(path)}
-    probe = build(spec, 2)
-    g, d = probe.state_dicts()
-    label_input = probe.g.inputs[1].shape[-1] if model.labels == "onehot" else None
-    return Pretrained(spec, g, d, None, label_input)
+    g = load_keras_model(path / KERAS_FILES["generator"])
+    d = load_keras_model(path / KERAS_FILES["discriminator"])
+    classes = label_width(g) if model.labels == "onehot" else None
+    return Pretrained(spec, g.state_dict(), d.state_dict(), None, classes)
 
 
 def _sidecar_class_names(path: Path) -> list[str] | None:
@@ -88,6 +88,7 @@ def model_resolution(pre: Pretrained) -> int:
         return int(pre.spec["resolution"])
     probe = build(pre.spec, pre.num_classes or 2)
     images = generate_probe(probe)
+    check_image_shape(images)
     return int(images.shape[-1])
 
 
@@ -105,13 +106,17 @@ def generate_probe(model: GanModel, n: int = 2) -> torch.Tensor:
         ) from None
 
 
-def check_contract(model: GanModel) -> tuple[int, ...]:
-    """One G -> D pass on random input; a broken contract is one ModelError line."""
-    images = generate_probe(model, 4)
+def check_image_shape(images: torch.Tensor) -> None:
     if images.dim() != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
         raise ModelError(
             f"G must return (N, 3, R, R) images (NHWC for Keras), got shape {tuple(images.shape)}"
         )
+
+
+def check_contract(model: GanModel) -> tuple[int, ...]:
+    """One G -> D pass on random input; a broken contract is one ModelError line."""
+    images = generate_probe(model, 4)
+    check_image_shape(images)
     low, high = float(images.min()), float(images.max())
     if low < -1.001 or high > 1.001:
         raise ModelError(
@@ -147,8 +152,9 @@ def class_mapping(
         return {t: names.index(name) for t, name in enumerate(target)}
     if source_count == len(target):
         return {t: t for t in range(len(target))}
+    named = f" {names[:5]}" if names else " (unnamed)"
     raise CheckpointError(
-        f"the base model has {source_count} classes {(names or [])[:5]} but the data set has "
+        f"the base model has {source_count} classes{named} but the data set has "
         f"{len(target)} {target[:5]}: set model.class_map (target class: base class) to map "
         "them; unmapped classes start fresh"
     )

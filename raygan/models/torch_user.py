@@ -169,7 +169,9 @@ def _holds_weights(module: nn.Module) -> bool:
 
 
 def _all_conditional(prefix: str, module: nn.Module, conditional: set[str]) -> bool:
-    names = {f"{prefix}.{n}" for n, _ in module.named_parameters()}
+    """A child that only conditions on the class (an embedding, a Linear over one-hot labels,
+    its bias too) is no freeze group: the conditioning must adapt to the new domain."""
+    names = {f"{prefix}.{n}" for n, _ in module.named_parameters() if not n.endswith("bias")}
     return names <= conditional
 
 

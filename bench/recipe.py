@@ -1,0 +1,144 @@
+"""Recipe benchmark: the plain 2016 recipe against the new default and the best knobs, at the
+demo's CPU budget (one 400-step trial), over several seeds, on two small target sets:
+
+* demo:target: the embedded "cartoon" shapes (500 images, 10 classes);
+* digits: scikit-learn's bundled handwritten digits (real scans, 8x8 grey, upscaled to 64x64
+  RGB; 50 per class = 500 images, 10 classes). Shipped inside scikit-learn: nothing is
+  downloaded.
+
+Every run fine-tunes the shipped demo base model with run_trial (no Ray) and keeps the best
+checkpoint by objective, as a search's export does. Reported per recipe: FID, collapse and
+class accuracy of that checkpoint (mean and spread over seeds) and a picture grid.
+
+    pip install -e '.[bench]'
+    python bench/recipe.py                       # 3 seeds, both data sets (~20 min on 2 cores)
+    python bench/recipe.py --seeds 1 --steps 100 --data demo   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import RESULTS, print_table, write_results
+from torchvision.utils import save_image
+
+from raygan.checkpoint import load_checkpoint
+from raygan.config import RayganModelSpec, TrialConfig
+from raygan.models.pretrained import load_base_and_data
+from raygan.models.seam import GRID_PER_CLASS, class_grid
+from raygan.trial import run_trial
+
+# The demo search's budget for one trial, with the FreezeD depth and lr of its best trials.
+BUDGET = {"steps": 400, "batch_size": 16, "eval_every": 100, "eval_samples": 500}
+COMMON = {"lr": 2e-4, "beta1": 0.5, "freeze_d": 2}
+RECIPES: dict[str, dict[str, Any]] = {
+    "plain (before)": {},
+    "new default": {"ema_decay": 0.99, "augment": "diffaug"},
+    "best knobs": {
+        "ema_decay": 0.99,
+        "augment": "diffaug",
+        "loss": "hinge",
+        "lecam_weight": 0.1,
+        "anchor_weight": 1e-4,
+    },
+}
+
+
+def digits_folder(root: Path, per_class: int = 50) -> Path:
+    """scikit-learn's digits as an ImageFolder of 64x64 RGB PNGs, `per_class` per digit."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for label in range(10):
+        folder = root / f"digit{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        picks = np.flatnonzero(digits.target == label)[:per_class]
+        for i in picks:
+            grey = (digits.images[i] / 16.0 * 255).astype("uint8")
+            image = Image.fromarray(255 - grey).resize((64, 64), Image.BILINEAR).convert("RGB")
+            image.save(folder / f"{i:04d}.png")
+    return root
+
+
+def run_one(data_spec: str, recipe: dict[str, Any], seed: int, steps: int, out: Path) -> dict:
+    base, data = load_base_and_data(RayganModelSpec(), "demo", data_spec, False)
+    settings = {**BUDGET, "steps": steps, **COMMON, **recipe}
+    cfg = TrialConfig(**settings, seed=seed, eval_at_start=False)
+    start = time.perf_counter()
+    result = run_trial(cfg, base, data, out, lambda metrics, checkpoint: None)
+    best = result.best or {}
+    return {
+        "fid": best.get("fid"),
+        "collapse": best.get("collapse"),
+        "class_accuracy": best.get("class_accuracy"),
+        "best_step": best.get("step"),
+        "seconds": time.perf_counter() - start,
+        "checkpoint": result.best_checkpoint,
+    }
+
+
+def summarise(name: str, data: str, runs: list[dict]) -> dict[str, Any]:
+    row: dict[str, Any] = {"data": data, "recipe": name, "seeds": len(runs)}
+    for key in ("fid", "collapse", "class_accuracy"):
+        values = [r[key] for r in runs if r[key] is not None]
+        row[key] = statistics.mean(values) if values else None
+        row[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    row["s_per_run"] = statistics.mean(r["seconds"] for r in runs)
+    return row
+
+
+def grid_of(checkpoint: Path) -> torch.Tensor:
+    return class_grid(load_checkpoint(checkpoint).build())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=BUDGET["steps"])
+    parser.add_argument("--data", choices=["both", "demo", "digits"], default="both")
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="raygan-recipe-"))
+    sets = {"demo": "demo:target", "digits": None}
+    if args.data != "both":
+        sets = {args.data: sets[args.data]}
+    if "digits" in sets:
+        sets["digits"] = str(digits_folder(scratch / "digits-images"))
+    rows, runs_out, grids = [], [], []
+    for data_name, spec in sets.items():
+        for name, recipe in RECIPES.items():
+            runs = []
+            for seed in range(args.seeds):
+                out = scratch / "runs" / data_name / name.replace(" ", "_") / f"seed{seed}"
+                run = run_one(spec, recipe, seed, args.steps, out)
+                print(f"{data_name} | {name} | seed {seed} | {_short(run)}", flush=True)
+                runs.append(run)
+                runs_out.append({"data": data_name, "recipe": name, "seed": seed, **run})
+            rows.append(summarise(name, data_name, runs))
+            if runs[0]["checkpoint"]:
+                grids.append(grid_of(runs[0]["checkpoint"]))
+    print_table(rows)
+    picture = RESULTS / "recipe.png"
+    picture.parent.mkdir(parents=True, exist_ok=True)
+    save_image(torch.cat(grids), picture, nrow=GRID_PER_CLASS, padding=1)
+    settings = {"budget": {**BUDGET, "steps": args.steps}, "common": COMMON, "recipes": RECIPES}
+    path = write_results("recipe", settings, rows, runs=runs_out, picture=str(picture))
+    print(f"wrote {path} and {picture} (rows: data x recipe; first seed's grid each)")
+
+
+def _short(run: dict) -> str:
+    return (
+        f"fid {run['fid']:.0f} collapse {run['collapse']:.3f} "
+        f"class acc {run['class_accuracy']:.2f} (step {run['best_step']}, {run['seconds']:.0f}s)"
+    )
+
+
+if __name__ == "__main__":
+    main()
