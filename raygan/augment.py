@@ -185,12 +185,20 @@ class AdaptiveAugment(AugmentPolicy):
         self._p = min(max(self._p + direction * images / self.speed_images, 0.0), 1.0)
 
     def state_dict(self) -> dict[str, Any]:
-        # The partial statistics of an unfinished interval are dropped: at most `interval`
-        # steps of evidence, which the next interval replaces.
-        return {"p": self._p}
+        # With the unfinished interval's statistics, so a resumed trial moves p exactly when an
+        # uninterrupted one would (rank 0's statistics, under DDP).
+        sign_sum = 0.0 if self._sign_sum is None else float(self._sign_sum)
+        counts = {"count": self._count, "images": self._images, "steps": self._steps}
+        return {"p": self._p, "sign_sum": sign_sum, **counts}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._p = float(state["p"])
+        self._reset_stats()
+        if state.get("count"):
+            self._sign_sum = torch.tensor(float(state["sign_sum"]))
+        self._count = int(state.get("count", 0))
+        self._images = int(state.get("images", 0))
+        self._steps = int(state.get("steps", 0))
 
 
 _SPECS = "none, diffaug, diffaug:<ops>, ada, ada:<ops>"

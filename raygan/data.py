@@ -301,9 +301,10 @@ def _write_atomically(table: pa.Table, out: Path) -> None:
 
 
 def sample_batches(
-    data: LabeledImages, batch_size: int, seed: int
+    data: LabeledImages, batch_size: int, seed: int = 0, generator: torch.Generator | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless random batches; each DDP rank passes its own seed so ranks see different data."""
-    gen = torch.Generator().manual_seed(seed)
+    """Endless random batches; each DDP rank passes its own seed so ranks see different data.
+    Pass `generator` to own the stream's position (a resumed trial restores it)."""
+    gen = generator or torch.Generator().manual_seed(seed)
     while True:
         yield data.batch(torch.randint(len(data), (batch_size,), generator=gen))

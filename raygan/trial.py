@@ -186,6 +186,16 @@ def mean_across_ranks(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def gather_to_rank0(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order."""
+    _, world = rank_and_world()
+    if world == 1:
+        return [obj]
+    gathered = [None] * world
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def broadcast_from_rank0(obj: Any) -> Any:
     _, world = rank_and_world()
     if world == 1:
@@ -195,11 +205,20 @@ def broadcast_from_rank0(obj: Any) -> Any:
     return box[0]
 
 
-def make_checkpoint(m: Models, recipe: Recipe, class_names: list[str], state: dict) -> Checkpoint:
-    """The shipped generator is the EMA one when there is one; the trained weights, optimizers
-    and the recipe's state go to the training-state file, for resume only."""
+def make_checkpoint(
+    m: Models,
+    recipe: Recipe,
+    class_names: list[str],
+    state: dict,
+    data_rng: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> Checkpoint:
+    """The shipped generator is the EMA one when there is one; the trained weights, optimizers,
+    the recipe's state and each rank's data-stream position go to the training-state file, for
+    resume only."""
     ckpt = Checkpoint.of(m.model, class_names, state)
     training = {"g": m.opt_g.state_dict(), "d": m.opt_d.state_dict(), "recipe": recipe.state_dict()}
+    if data_rng is not None:
+        training["data_rng"] = data_rng
     if recipe.ema is not None:
         training["raw_generator"] = ckpt.generator
         ckpt.generator = averaged_generator_state(m.model, recipe.ema)
@@ -234,7 +253,7 @@ def resume_state(
         m.opt_g.load_state_dict(training["g"])
         m.opt_d.load_state_dict(training["d"])
     recipe.load_state_dict(training.get("recipe", {}))
-    return ckpt.state
+    return {**ckpt.state, "data_rng": training.get("data_rng")}
 
 
 def run_trial(
@@ -253,7 +272,7 @@ def run_trial(
     TensorBoard scalars and sample grids at each evaluation. `device`: Ray Train's, else
     the first GPU, else the CPU. `eval_dir`: where the search keeps its one evaluation
     classifier (default: this node's cache)."""
-    rank, _ = rank_and_world()
+    rank, world = rank_and_world()
     device = device or default_device()
     data.require_batch(cfg.batch_size)
     torch.manual_seed(cfg.seed)  # identical initial noise draws; DDP syncs weights anyway
@@ -261,20 +280,33 @@ def run_trial(
     recipe = build_recipe(cfg, m.model)
     resumed = resume_state(m, recipe, cfg, resume_from)
     start = int(resumed.get("step", 0))
-    evaluator = (
-        Evaluator(
-            data,
-            cfg.eval_samples,
-            cfg.feature_extractor,
-            cfg.inception_weights,
-            device=device,
-            classifier_dir=eval_dir,
-        )
-        if rank == 0
-        else None
-    )
+    evaluators: list[Evaluator] = []
+
+    def evaluator() -> Evaluator:
+        """Built at the first evaluation, not before the first step (a trial's start-up cost);
+        its RNG use (a classifier trained on a cache miss) must not shift training's noise."""
+        if not evaluators:
+            with torch.random.fork_rng(devices=[]):
+                evaluators.append(
+                    Evaluator(
+                        data,
+                        cfg.eval_samples,
+                        cfg.feature_extractor,
+                        cfg.inception_weights,
+                        device=device,
+                        classifier_dir=eval_dir,
+                    )
+                )
+        return evaluators[0]
+
     torch.manual_seed(cfg.seed * 1000 + rank + start)
-    batches = sample_batches(data, cfg.batch_size, seed=cfg.seed * 1000 + rank + start)
+    data_rng = torch.Generator().manual_seed(cfg.seed * 1000 + rank + start)
+    saved_rng = resumed.get("data_rng")
+    if saved_rng is not None and len(saved_rng) == world:
+        # The batches and (on CPU) the noise an uninterrupted run would have drawn.
+        data_rng.set_state(saved_rng[rank][0])
+        torch.set_rng_state(saved_rng[rank][1])
+    batches = sample_batches(data, cfg.batch_size, generator=data_rng)
     result = TrialResult(status="completed", step=start)
     hparams = cfg.model_dump()
     # Restored on resume, so a retried trial stops and ranks exactly as an uninterrupted one.
@@ -287,12 +319,15 @@ def run_trial(
         """Rank 0 scores and maybe checkpoints; every rank reports. Returns a stop reason."""
         nonlocal high_collapse, best_so_far
         metrics, ckpt_dir, stop = None, None, ""
+        rng_states = gather_to_rank0((data_rng.get_state(), torch.get_rng_state()))
         if rank == 0:
             shipped = recipe.ema.module if recipe.ema is not None else None
-            scores = evaluator.evaluate(m.model, shipped).scalars()
+            # Scoring draws random numbers (KID's subsets); training's stream must not see them.
+            with torch.random.fork_rng(devices=[]):
+                scores = evaluator().evaluate(m.model, shipped).scalars()
+                if shipped is not None and len(result.history) < RAW_FID_EVALUATIONS:
+                    scores["fid_raw"] = evaluator().evaluate(m.model).fid  # what the EMA buys
             metrics = {"step": step, **losses, **scores, **recipe.signals()}
-            if shipped is not None and len(result.history) < RAW_FID_EVALUATIONS:
-                metrics["fid_raw"] = evaluator.evaluate(m.model).fid  # what the EMA buys
             metrics["objective"] = objective(metrics["fid"], metrics["collapse"])
             if math.isfinite(metrics["objective"]):
                 best_so_far = min(best_so_far, metrics["objective"])
@@ -314,7 +349,7 @@ def run_trial(
             )
             metrics["stop_reason"] = stop
             if log is not None:
-                log.evaluation(step, metrics, evaluator.sample_grid(m.model, shipped))
+                log.evaluation(step, metrics, evaluator().sample_grid(m.model, shipped))
             if step > start and (step % cfg.checkpoint_interval == 0 or step == cfg.steps or stop):
                 state = {
                     "step": step,
@@ -323,7 +358,7 @@ def run_trial(
                     "metrics": metrics,
                     "high_collapse": high_collapse,
                 }
-                ckpt = make_checkpoint(m, recipe, data.class_names, state)
+                ckpt = make_checkpoint(m, recipe, data.class_names, state, rng_states)
                 ckpt_dir = save_checkpoint(ckpt, out_dir / "checkpoints" / f"step-{step:06d}")
             record(result, metrics, ckpt_dir)
         metrics, stop = broadcast_from_rank0((metrics, stop))

@@ -22,6 +22,7 @@ from raygan.errors import RayganError
 from raygan.models import build
 from raygan.models.pretrained import INIT_SEED, load_base_and_data, read_pretrained
 from raygan.models.seam import GanModel
+from raygan.recipe import build_recipe
 from raygan.trial import build_models, run_trial, train_step
 
 DATA = "demo:target:200"
@@ -38,7 +39,9 @@ STEPS = TrialConfig(
 
 
 def torch_spec(**fields) -> TorchModelSpec:
-    return TorchModelSpec(**{"adapter": "torch", "factory": FACTORY, "latent_dim": LATENT, **fields})
+    return TorchModelSpec(
+        **{"adapter": "torch", "factory": FACTORY, "latent_dim": LATENT, **fields}
+    )
 
 
 def keras_spec(**fields) -> KerasModelSpec:
@@ -62,6 +65,14 @@ def user_model(request):
     if request.param == "torch":
         return torch_spec(), request.getfixturevalue("torch_base")
     return keras_spec(), request.getfixturevalue("keras_base")
+
+
+def train_steps(m, batches, cfg: TrialConfig, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` steps of the trial loop's update, one batch each; returns the last losses."""
+    recipe = build_recipe(cfg, m.model)
+    for step in range(1, n + 1):
+        losses = train_step(m, [next(batches)], cfg, recipe, step)
+    return losses
 
 
 def frozen_keys(model: GanModel, net: str, depth: int) -> set[str]:
@@ -105,9 +116,7 @@ def test_frozen_groups_have_no_optimizer_state_and_their_batchnorm_stays_in_eval
     spec, base_path = user_model
     base, data = load_base_and_data(spec, str(base_path), DATA, False)
     m = build_models(STEPS, base, torch.device("cpu"))
-    batches = sample_batches(data, 8, seed=0)
-    for _ in range(2):
-        train_step(m, *next(batches), STEPS)
+    train_steps(m, sample_batches(data, 8, seed=0), STEPS, 2)
     m.model.train(True)
     for net, opt in (("generator", m.opt_g), ("discriminator", m.opt_d)):
         groups = m.model.freeze_groups(net)
@@ -256,7 +265,7 @@ def check_class_rows(model_spec, base: str, data: str, expected: dict[int, int |
                 )
                 assert torch.equal(row, want), f"{net} {name} class {target}"
     m = build_models(STEPS, ckpt, torch.device("cpu"))  # and it trains at the new class count
-    loss_d, loss_g = train_step(m, *next(sample_batches(loaded, 8, seed=0)), STEPS)
+    loss_d, loss_g = train_steps(m, sample_batches(loaded, 8, seed=0), STEPS, 1)
     assert m.model.num_classes == 3 and torch.isfinite(loss_d + loss_g)
 
 
@@ -319,8 +328,7 @@ def ddp_worker(rank: int, world: int, port: int, base_dir: str, out_dir: str, ca
         m = build_models(cfg, base, torch.device("cpu"))
         batches = sample_batches(data, cfg.batch_size, seed=rank)  # each rank its own data
         before = flat_state(m)
-        for _ in range(3):
-            train_step(m, *next(batches), cfg)
+        train_steps(m, batches, cfg, 3)
         after = flat_state(m)
         gathered = [torch.empty_like(after) for _ in range(world)]
         dist.all_gather(gathered, after)

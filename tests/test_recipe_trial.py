@@ -91,3 +91,23 @@ def test_norm_affine_only_leaves_every_other_tensor_bit_identical(tiny_base, tin
     for name, before in tiny_base.generator.items():
         same = torch.equal(before, after[name])
         assert same != (name in trainable), f"{name}: changed={not same}"
+
+
+def test_a_resumed_trial_continues_exactly_as_an_uninterrupted_one(
+    tiny_base, tiny_data, tmp_path
+):
+    """Data stream, noise, EMA, ADA's p, collapse patience and best-so-far all resume."""
+    cfg = tiny(ema_decay=0.9, augment="ada", collapse_stop=0.999, collapse_patience=5)
+    whole, whole_reports = run(cfg, tiny_base, tiny_data, tmp_path / "whole")
+    first_half = whole.history[0]
+    halfway = tmp_path / "whole" / "checkpoints" / "step-000002"
+    resumed, resumed_reports = run(cfg, tiny_base, tiny_data, tmp_path / "resumed", halfway)
+    end_whole = load_checkpoint(whole.best_checkpoint.parent / "step-000004")
+    end_resumed = load_checkpoint(resumed.best_checkpoint.parent / "step-000004")
+    for name, tensor in end_whole.generator.items():
+        assert torch.equal(tensor, end_resumed.generator[name]), name
+    last_whole, last_resumed = whole_reports[-1], resumed_reports[-1]
+    for key in ("fid", "score", "ada_p"):
+        assert last_whole[key] == last_resumed[key], key
+    assert end_resumed.state["high_collapse"] == end_whole.state["high_collapse"]
+    assert last_resumed["score"] <= first_half["objective"]

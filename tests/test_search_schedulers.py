@@ -55,7 +55,9 @@ def test_pbt_copies_a_better_trial_into_a_worse_one_within_the_space(local_ray, 
             "beta1": {"type": "uniform", "low": 0.0, "high": 0.9},
         },
         searcher="random",
-        scheduler={"kind": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5},
+        scheduler={"kind": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.5},
+        # Long enough that the trials overlap: PBT compares only trials still running.
+        trial={**TRIAL, "steps": 24},
         num_trials=2,
         max_concurrent=2,
     )

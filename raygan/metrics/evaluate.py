@@ -18,9 +18,6 @@ import torch
 from filelock import FileLock
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.kid import KernelInceptionDistance
-from torchvision.utils import make_grid
 
 from raygan.data import LabeledImages
 from raygan.metrics.features import (
@@ -107,6 +104,11 @@ class Evaluator:
         self.real_classes = real_class_stats(self.real_features, real.labels, real.num_classes, k)
         self.fake_labels = torch.arange(num_samples) % real.num_classes
         self.seed = seed
+        # Imported here, not at the top: a fresh trial process should reach its first training
+        # step without paying for torchmetrics (and the scipy it pulls in).
+        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.kid import KernelInceptionDistance
+
         dim = self.real_features.shape[1]
         # Only rank 0 evaluates, so torchmetrics must not sync states across the process group.
         self.fid = FrechetInceptionDistance(
@@ -153,6 +155,8 @@ class Evaluator:
     def sample_grid(self, model: GanModel, g: torch.nn.Module | None = None) -> torch.Tensor:
         """A (3, H, W) grid in [0, 1], one row per class: the export's samples.png, in
         TensorBoard."""
+        from torchvision.utils import make_grid  # torchvision's import costs seconds
+
         return make_grid(class_grid(model, g=g), nrow=GRID_PER_CLASS, padding=1)
 
     def evaluate(self, model: GanModel, g: torch.nn.Module | None = None) -> EvalResult:
