@@ -36,10 +36,8 @@ from raygan.config import (
 from raygan.data import LabeledImages
 from raygan.errors import ConfigError, SearchFailed
 from raygan.experiment import check_resume_settings, save_settings
-from raygan.export import export_best, read_trials
 from raygan.models.pretrained import load_base_and_data
 from raygan.safety import check_resumable
-from raygan.summary import format_summary, score_pretrained
 from raygan.tensorboard import TrialLog
 from raygan.trial import run_trial
 
@@ -558,6 +556,11 @@ def run_search(
     """Run (or resume) the search, export the best model and summarise.
 
     Bad input fails before any trial starts."""
+    # The driver's own imports: trial processes import this module and should not pay for
+    # them (torchvision, torchmetrics) before their first step.
+    from raygan.export import export_best, read_trials
+    from raygan.summary import format_summary, score_pretrained
+
     if resume:
         check_resumable(resume)  # before Ray starts or anything is unpickled
         if "://" not in resume:

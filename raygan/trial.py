@@ -252,6 +252,11 @@ def resume_state(
     if "g" in training:
         m.opt_g.load_state_dict(training["g"])
         m.opt_d.load_state_dict(training["d"])
+        # The saved state carries the old lr and betas; PBT restores a trial from another's
+        # checkpoint with new ones, which must win.
+        for opt, lr in ((m.opt_g, cfg.g_lr), (m.opt_d, cfg.d_lr)):
+            for group in opt.param_groups:
+                group["lr"], group["betas"] = lr, (cfg.beta1, cfg.beta2)
     recipe.load_state_dict(training.get("recipe", {}))
     return {**ckpt.state, "data_rng": training.get("data_rng")}
 

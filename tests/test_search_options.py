@@ -192,11 +192,6 @@ def test_run_search_refuses_a_changed_resume_before_ray_starts(tmp_path):
     assert not ray.is_initialized()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="raygan.trial.resume_state loads the optimizers' saved lr and betas over the "
-    "trial's own, so PBT's perturbed lr/beta1 never take effect (trial.py's owner to fix)",
-)
 def test_a_trial_restored_from_another_trials_checkpoint_trains_with_its_own_lr(
     tiny_base, tmp_path
 ):
