@@ -39,13 +39,12 @@ BUDGET = {"steps": 400, "batch_size": 16, "eval_every": 100, "eval_samples": 500
 COMMON = {"lr": 2e-4, "beta1": 0.5, "freeze_d": 2}
 RECIPES: dict[str, dict[str, Any]] = {
     "plain (before)": {},
-    "new default": {"ema_decay": 0.99, "augment": "diffaug"},
-    "best knobs": {
+    "ema + diffaug": {"ema_decay": 0.99, "augment": "diffaug"},
+    "ema + diffaug + hinge + lecam": {
         "ema_decay": 0.99,
         "augment": "diffaug",
         "loss": "hinge",
         "lecam_weight": 0.1,
-        "anchor_weight": 1e-4,
     },
 }
 

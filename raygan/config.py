@@ -381,6 +381,18 @@ class SearchConfig(Strict):
             )
         return self
 
+    def with_absolute_paths(self) -> SearchConfig:
+        """Paths as the driver sees them: Ray runs each trial from a directory of its own, so
+        `data`, `base` and a `file.py:callable` factory relative to here would not resolve."""
+        update: dict[str, Any] = {"data": _absolute(self.data), "base": _absolute(self.base)}
+        factory = getattr(self.model, "factory", None)
+        if factory:
+            target, _, attr = factory.rpartition(":")
+            if target.endswith(".py"):
+                model = self.model.model_copy(update={"factory": f"{_absolute(target)}:{attr}"})
+                update["model"] = model
+        return self.model_copy(update=update)
+
     def trial_config(self, params: dict[str, Any]) -> TrialConfig:
         """The fixed trial settings with one trial's sampled hyperparameters."""
         return TrialConfig.model_validate({**self.trial.model_dump(), **params})
@@ -398,6 +410,13 @@ def continuous_names(space: dict[str, Any]) -> list[str]:
     """The specs PBT may perturb mid-run: a new int or choice (freezing, batch size, loss)
     would not fit the optimizer state it restores."""
     return [name for name, spec in space.items() if isinstance(spec, (Uniform, LogUniform))]
+
+
+def _absolute(path: str) -> str:
+    """An existing local path made absolute; `demo`, `demo:...` and URIs stay as they are."""
+    if path == "demo" or path.startswith("demo:") or "://" in path or not Path(path).exists():
+        return path
+    return str(Path(path).resolve())
 
 
 def _within(spec: IntRange | Uniform | LogUniform | Choice, value: Any) -> bool:

@@ -107,7 +107,10 @@ def load_demo(spec: str, resolution: int) -> LabeledImages:
         n = int(parts[1]) if len(parts) == 2 else DEMO_SIZES[domain]
     except ValueError:
         raise DataError(f"demo data set {spec!r}: size {parts[1]!r} is not an integer") from None
-    images, labels = make_domain(domain, n, seed=DEMO_SEEDS[domain], resolution=resolution)
+    try:
+        images, labels = make_domain(domain, n, seed=DEMO_SEEDS[domain], resolution=resolution)
+    except ValueError as e:  # e.g. a model resolution the demo domains cannot draw
+        raise DataError(f"demo data set {spec!r} at resolution {resolution}: {e}") from None
     return LabeledImages(
         images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
         labels=torch.from_numpy(labels).long(),

@@ -561,6 +561,8 @@ def run_search(
     from raygan.export import export_best, read_trials
     from raygan.summary import format_summary, score_pretrained
 
+    cfg = cfg.with_absolute_paths()
+
     if resume:
         check_resumable(resume)  # before Ray starts or anything is unpickled
         if "://" not in resume:

@@ -55,6 +55,7 @@ class Models:
     d: torch.nn.Module
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
+    sync_buffers: bool = False  # BatchNorm under DDP without SyncBatchNorm: see broadcast_buffers
 
     @property
     def g_plain(self) -> torch.nn.Module:
@@ -100,7 +101,13 @@ def build_models(cfg: TrialConfig, base: Checkpoint, device: torch.device) -> Mo
     betas = (cfg.beta1, cfg.beta2)
     opt_g = torch.optim.Adam(trainable_parameters(model.g), lr=cfg.g_lr, betas=betas)
     opt_d = torch.optim.Adam(trainable_parameters(model.d), lr=cfg.d_lr, betas=betas)
-    return Models(model, g, d, opt_g, opt_d)
+    sync = world > 1 and device.type != "cuda" and has_batchnorm(model)
+    return Models(model, g, d, opt_g, opt_d, sync_buffers=sync)
+
+
+def has_batchnorm(model: GanModel) -> bool:
+    norms = torch.nn.modules.batchnorm._BatchNorm
+    return any(isinstance(mod, norms) for net in (model.g, model.d) for mod in net.modules())
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -126,6 +133,8 @@ def train_step(
         if i == 0 and cfg.r1_gamma > 0 and step % cfg.r1_every == 0:
             recipe.r1_last = r1_step(model, m.opt_d, real, labels, cfg, recipe)
     loss_g = g_update(m, fake, labels, cfg, recipe)
+    if m.sync_buffers:
+        broadcast_buffers(model)
     if recipe.ema is not None:
         recipe.ema.update(model.g, step)
     recipe.augment.adjust(sum(len(real) for real, _ in batches))
@@ -184,6 +193,18 @@ def mean_across_ranks(values: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(values)
         values /= world
     return values
+
+
+def broadcast_buffers(model: GanModel) -> None:
+    """Rank 0's buffers on every rank. DDP copies them in before each forward, but each rank
+    then updates its BatchNorm statistics from its own batch (SyncBatchNorm needs GPUs), so
+    without this the ranks would end a step, evaluate and stop with different statistics."""
+    _, world = rank_and_world()
+    if world == 1:
+        return
+    for net in (model.g, model.d):
+        for buffer in net.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def gather_to_rank0(obj: Any) -> list[Any]:

@@ -108,3 +108,29 @@ def test_seed_point_fills_lr_g_lr_d_and_batch_size_choices_with_values_of_the_sp
     )
     # The default seed recipe sets lr 1e-5 and no lr_g/lr_d: they fall back to it.
     assert seed_point(cfg) == [{"lr_g": 1e-5, "lr_d": 1e-5, "batch_size": 8}]
+
+
+def test_search_paths_become_absolute_so_trials_in_other_directories_find_them(
+    tmp_path, monkeypatch
+):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "base.pt").write_bytes(b"")
+    (tmp_path / "model.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(
+        SearchConfig,
+        None,
+        [
+            "data=data",
+            "base=base.pt",
+            "model={adapter: torch, factory: 'model.py:build'}",
+            SPACE_OVERRIDE,
+        ],
+    ).with_absolute_paths()
+    assert (cfg.data, cfg.base) == (str(tmp_path / "data"), str(tmp_path / "base.pt"))
+    assert cfg.model.factory == f"{tmp_path / 'model.py'}:build"
+    demo = load_config(SearchConfig, None, [SPACE_OVERRIDE]).with_absolute_paths()
+    assert (demo.data, demo.base) == ("demo:target", "demo")
+
+
+SPACE_OVERRIDE = "space.lr={type: loguniform, low: 1.0e-5, high: 1.0e-3}"

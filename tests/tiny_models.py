@@ -167,6 +167,7 @@ def keras_discriminator(num_classes: int = 10, width: int = 4):
     x = layers.Concatenate()([image, label_map])
     x = layers.Conv2D(width, 4, strides=2, padding="same")(x)
     x = layers.LeakyReLU(0.2)(x)
+    x = layers.Dropout(0.3)(x)  # its RNG state must not break loading a checkpoint
     for filters in (width * 2, width * 2):  # 8, 4
         x = layers.Conv2D(filters, 4, strides=2, padding="same", use_bias=False)(x)
         x = layers.BatchNormalization()(x)

@@ -29,19 +29,28 @@ HERE = Path(__file__).resolve().parent
 LATENT_DIM = 128
 
 
+def dcgan_init() -> keras.initializers.Initializer:
+    """DCGAN's N(0, 0.02) kernels, as Keras DCGAN tutorials set them."""
+    return keras.initializers.RandomNormal(stddev=0.02)
+
+
 def build_generator(num_classes: int, width: int = 16) -> keras.Model:
     noise = keras.Input((LATENT_DIM,), name="noise")
     label = keras.Input((num_classes,), name="label")
     x = layers.Concatenate()([noise, label])
-    x = layers.Dense(4 * 4 * width * 4, use_bias=False)(x)
+    x = layers.Dense(4 * 4 * width * 4, use_bias=False, kernel_initializer=dcgan_init())(x)
     x = layers.BatchNormalization()(x)
     x = layers.LeakyReLU(0.2)(x)
     x = layers.Reshape((4, 4, width * 4))(x)
     for filters in (width * 4, width * 2, width):  # 8, 16, 32
-        x = layers.Conv2DTranspose(filters, 4, strides=2, padding="same", use_bias=False)(x)
+        x = layers.Conv2DTranspose(
+            filters, 4, strides=2, padding="same", use_bias=False, kernel_initializer=dcgan_init()
+        )(x)
         x = layers.BatchNormalization()(x)
         x = layers.LeakyReLU(0.2)(x)
-    image = layers.Conv2DTranspose(3, 4, strides=2, padding="same", activation="tanh")(x)
+    image = layers.Conv2DTranspose(
+        3, 4, strides=2, padding="same", activation="tanh", kernel_initializer=dcgan_init()
+    )(x)
     return keras.Model([noise, label], image, name="generator")
 
 
@@ -50,12 +59,10 @@ def build_discriminator(num_classes: int, width: int = 16) -> keras.Model:
     label = keras.Input((num_classes,), name="label")
     label_map = layers.Reshape((64, 64, 1))(layers.Dense(64 * 64)(label))
     x = layers.Concatenate()([image, label_map])
-    x = layers.Conv2D(width, 4, strides=2, padding="same")(x)
-    x = layers.LeakyReLU(0.2)(x)
-    for filters in (width * 2, width * 4, width * 4):  # 16, 8, 4
-        x = layers.Conv2D(filters, 4, strides=2, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
+    for filters in (width, width * 2, width * 4, width * 4):  # 32, 16, 8, 4
+        x = layers.Conv2D(filters, 4, strides=2, padding="same", kernel_initializer=dcgan_init())(x)
         x = layers.LeakyReLU(0.2)(x)
+        x = layers.Dropout(0.3)(x)
     logit = layers.Dense(1)(layers.Flatten()(x))
     return keras.Model([image, label], logit, name="discriminator")
 

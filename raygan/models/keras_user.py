@@ -18,9 +18,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from raygan.errors import ModelError
-from raygan.models.seam import NETS, ConditionalTensor, FreezeGroup, GanModel
+from raygan.models.seam import NETS, ConditionalTensor, FreezeGroup, GanModel, load_matching
 
 KERAS_FILES = {"generator": "generator.keras", "discriminator": "discriminator.keras"}
+# A random layer's (Dropout's) generator state: RNG, not weights, and Keras names it by a
+# per-process counter, so its key differs between two loads of the same file.
+RNG_STATE = "seed_generator_state"
+
+
+def weights_of(net: nn.Module) -> dict[str, torch.Tensor]:
+    """A Keras model's state dict without RNG state, so two loads of one file match."""
+    return {k: v for k, v in net.state_dict().items() if not k.endswith(RNG_STATE)}
 
 
 def import_keras() -> Any:
@@ -138,6 +146,18 @@ class KerasGan(GanModel):
 
     def freeze_module(self, module: nn.Module) -> None:
         module.trainable = False  # also puts Keras BatchNormalization in inference mode
+
+    def state_dicts(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        return weights_of(self.g), weights_of(self.d)
+
+    def load_state_dicts(
+        self, g_state: dict[str, torch.Tensor], d_state: dict[str, torch.Tensor], origin: str
+    ) -> None:
+        for name, state in (("generator", g_state), ("discriminator", d_state)):
+            net = self.net(name)
+            own_rng = {k: v for k, v in net.state_dict().items() if k.endswith(RNG_STATE)}
+            weights = {k: v for k, v in state.items() if not k.endswith(RNG_STATE)}
+            load_matching(net, {**weights, **own_rng}, f"{origin} {name}")
 
     def spec(self) -> dict[str, Any]:
         return dict(self._spec)

@@ -21,7 +21,7 @@ from raygan.data import LabeledImages, load_dataset
 from raygan.errors import CheckpointError, ModelError
 from raygan.metrics.prdc import min_real_per_class
 from raygan.models import build
-from raygan.models.keras_user import KERAS_FILES, label_width, load_keras_model
+from raygan.models.keras_user import KERAS_FILES, label_width, load_keras_model, weights_of
 from raygan.models.seam import ConditionalTensor, GanModel
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def _read_keras(model: KerasModelSpec, path: Path) -> Pretrained:
     g = load_keras_model(path / KERAS_FILES["generator"])
     d = load_keras_model(path / KERAS_FILES["discriminator"])
     classes = label_width(g) if model.labels == "onehot" else None
-    return Pretrained(spec, g.state_dict(), d.state_dict(), None, classes)
+    return Pretrained(spec, weights_of(g), weights_of(d), None, classes)
 
 
 def _sidecar_class_names(path: Path) -> list[str] | None:
