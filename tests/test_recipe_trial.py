@@ -93,9 +93,7 @@ def test_norm_affine_only_leaves_every_other_tensor_bit_identical(tiny_base, tin
         assert same != (name in trainable), f"{name}: changed={not same}"
 
 
-def test_a_resumed_trial_continues_exactly_as_an_uninterrupted_one(
-    tiny_base, tiny_data, tmp_path
-):
+def test_a_resumed_trial_continues_exactly_as_an_uninterrupted_one(tiny_base, tiny_data, tmp_path):
     """Data stream, noise, EMA, ADA's p, collapse patience and best-so-far all resume."""
     cfg = tiny(ema_decay=0.9, augment="ada", collapse_stop=0.999, collapse_patience=5)
     whole, whole_reports = run(cfg, tiny_base, tiny_data, tmp_path / "whole")
