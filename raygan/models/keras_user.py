@@ -14,11 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from raygan.errors import ModelError
-from raygan.models.seam import NETS, ConditionalTensor, FreezeGroup, GanModel, load_matching
+from raygan.models.seam import (
+    NETS,
+    ConditionalTensor,
+    FreezeGroup,
+    GanModel,
+    encode_labels,
+    flat_logits,
+    load_matching,
+)
 
 KERAS_FILES = {"generator": "generator.keras", "discriminator": "discriminator.keras"}
 # A random layer's (Dropout's) generator state: RNG, not weights, and Keras names it by a
@@ -104,9 +111,7 @@ class KerasGan(GanModel):
         return cls(spec, num_classes)
 
     def encode(self, labels: torch.Tensor) -> torch.Tensor:
-        if self._spec.get("labels", "onehot") == "onehot":
-            return F.one_hot(labels, self.num_classes).float()
-        return labels
+        return encode_labels(labels, self.num_classes, self._spec.get("labels", "onehot"))
 
     def generate(self, z: torch.Tensor, labels: torch.Tensor, g: Any = None) -> torch.Tensor:
         net = g or self.g
@@ -115,8 +120,9 @@ class KerasGan(GanModel):
 
     def discriminate(self, x: torch.Tensor, labels: torch.Tensor, d: Any = None) -> torch.Tensor:
         net = d or self.d
-        logits = net([x.permute(0, 2, 3, 1), self.encode(labels)], training=_training(net))
-        return logits.reshape(len(x)) if logits.dim() == 2 and logits.shape[1] == 1 else logits
+        return flat_logits(
+            net([x.permute(0, 2, 3, 1), self.encode(labels)], training=_training(net))
+        )
 
     def freeze_groups(self, net: str) -> list[FreezeGroup]:
         # A layer that reads the label directly (the tutorial D's Dense(one-hot) label map) is

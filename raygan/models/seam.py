@@ -150,6 +150,16 @@ class GanModel(ABC):
         load_matching(self.d, d_state, f"{origin} discriminator")
 
 
+def encode_labels(labels: torch.Tensor, num_classes: int, kind: str) -> torch.Tensor:
+    """Class indices as a user's model takes them: `index` as they are, `onehot` as rows."""
+    return torch.nn.functional.one_hot(labels, num_classes).float() if kind == "onehot" else labels
+
+
+def flat_logits(logits: torch.Tensor) -> torch.Tensor:
+    """(N, 1) logits as (N,); any other shape is left for the contract check to name."""
+    return logits.reshape(len(logits)) if logits.dim() == 2 and logits.shape[1] == 1 else logits
+
+
 def load_matching(net: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     """load_state_dict, but a mismatch names the tensor and both sides."""
     expected = net.state_dict()

@@ -17,11 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from raygan.errors import ModelError
-from raygan.models.seam import ConditionalTensor, FreezeGroup, GanModel, export_program
+from raygan.models.seam import (
+    ConditionalTensor,
+    FreezeGroup,
+    GanModel,
+    encode_labels,
+    export_program,
+    flat_logits,
+)
 
 
 def load_factory(ref: str) -> Any:
@@ -112,16 +118,13 @@ class TorchGan(GanModel):
         return cls(spec, num_classes)
 
     def encode(self, labels: torch.Tensor) -> torch.Tensor:
-        if self._spec.get("labels", "index") == "onehot":
-            return F.one_hot(labels, self.num_classes).float()
-        return labels
+        return encode_labels(labels, self.num_classes, self._spec.get("labels", "index"))
 
     def generate(self, z: torch.Tensor, labels: torch.Tensor, g: Any = None) -> torch.Tensor:
         return (g or self.g)(z, self.encode(labels))
 
     def discriminate(self, x: torch.Tensor, labels: torch.Tensor, d: Any = None) -> torch.Tensor:
-        logits = (d or self.d)(x, self.encode(labels))
-        return logits.reshape(len(x)) if logits.dim() == 2 and logits.shape[1] == 1 else logits
+        return flat_logits((d or self.d)(x, self.encode(labels)))
 
     def freeze_groups(self, net: str) -> list[FreezeGroup]:
         module = self.net(net)
