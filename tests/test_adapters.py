@@ -339,6 +339,7 @@ def ddp_worker(rank: int, world: int, port: int, base_dir: str, out_dir: str, ca
         if rank == 0:
             moved = float((after - before).abs().max())
             torch.save({"states": gathered, "moved": moved}, os.path.join(out_dir, "states.pt"))
+        dist.barrier()  # neither rank tears the group down while the other still uses it
     finally:
         dist.destroy_process_group()
 

@@ -69,6 +69,7 @@ def worker(rank: int, world: int, port: int, base_dir: str, out_dir: str, cache:
                 },
                 os.path.join(out_dir, "gathered.pt"),
             )
+        dist.barrier()  # neither rank tears the group down while the other still uses it
     finally:
         dist.destroy_process_group()
 
