@@ -155,7 +155,9 @@ def test_freeze_deeper_than_the_base_model_fails_before_any_trial(base_dir, tmp_
     cfg = search_config(
         base_dir, tmp_path / "runs", space={"freeze_d": {"type": "int", "low": 0, "high": 9}}
     )
-    with pytest.raises(ConfigError, match="freeze_d reaches 9 but the discriminator of .* has 4 freezable groups"):
+    with pytest.raises(
+        ConfigError, match="freeze_d reaches 9 but the discriminator of .* has 4 freezable groups"
+    ):
         run_search(cfg)
 
 
@@ -170,5 +172,7 @@ def test_class_count_mismatch_fails_before_any_trial(base_dir, tmp_path):
         for i in range(8):
             Image.new("RGB", (32, 32), (i * 20, 0, 0)).save(folder / name / f"{i}.png")
     cfg = search_config(base_dir, tmp_path / "runs", data=str(folder))
-    with pytest.raises(CheckpointError, match="base model has 10 classes .* data set has 2 .* set model.class_map"):
+    with pytest.raises(
+        CheckpointError, match="base model has 10 classes .* data set has 2 .* set model.class_map"
+    ):
         run_search(cfg)
