@@ -90,7 +90,7 @@ def worker(rank: int, setup: Setup, steps: int, warmup: int, port: int, out: str
     seconds = time.perf_counter() - start
     result = {"images_per_s": steps * setup.global_batch / seconds, "step_s": seconds / steps}
     if setup.workers > 1:
-        result["allreduce_s"] = allreduce_seconds(m.g_plain, m.d_plain)
+        result["allreduce_s"] = allreduce_seconds(m.model.g, m.model.d)
         dist.destroy_process_group()
     if rank == 0:
         Path(out).write_text(json.dumps(result))
@@ -132,7 +132,7 @@ def model_facts(batch: int = 16) -> dict:
         train_step(m, batches, cfg, build_recipe(cfg, m.model), 1)
     params = {
         name: sum(p.numel() for p in trainable_parameters(net))
-        for name, net in (("g", m.g_plain), ("d", m.d_plain))
+        for name, net in (("g", m.model.g), ("d", m.model.d))
     }
     return {
         "params_g": params["g"],

@@ -57,14 +57,6 @@ class Models:
     opt_d: torch.optim.Optimizer
     sync_buffers: bool = False  # BatchNorm under DDP without SyncBatchNorm: see broadcast_buffers
 
-    @property
-    def g_plain(self) -> torch.nn.Module:
-        return self.model.g
-
-    @property
-    def d_plain(self) -> torch.nn.Module:
-        return self.model.d
-
 
 def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():

@@ -1,4 +1,5 @@
 import pytest
+import ray
 import torch
 
 from raygan.config import PretrainConfig
@@ -26,3 +27,11 @@ def tiny_data() -> LabeledImages:
 def tiny_base(tiny_data):
     cfg = PretrainConfig(resolution=32, channels=4)
     return initial_checkpoint(cfg, tiny_data.class_names)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A real local Ray cluster of 2 CPUs for one test module's searches."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -312,7 +312,7 @@ def flat(tensors) -> torch.Tensor:
 
 def weights_and_statistics(m) -> torch.Tensor:
     """(2, n): G's and D's weights, then their BatchNorm statistics, n of each padded."""
-    nets = (m.g_plain, m.d_plain)
+    nets = (m.model.g, m.model.d)
     weights = flat(p for net in nets for p in net.parameters())
     statistics = flat(b for net in nets for b in net.buffers())
     return torch.nn.utils.rnn.pad_sequence([weights, statistics], batch_first=True)

@@ -22,7 +22,7 @@ def free_port() -> int:
 
 
 def flat_weights(m) -> torch.Tensor:
-    nets = (m.g_plain, m.d_plain)
+    nets = (m.model.g, m.model.d)
     return torch.cat([p.detach().flatten() for net in nets for p in net.parameters()])
 
 

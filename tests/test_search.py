@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -16,13 +15,6 @@ from raygan.export import sample_to_file
 from raygan.search import check_resources, run_search
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

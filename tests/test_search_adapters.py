@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 import tiny_models
 import torch
 import torch.nn.functional as F
@@ -17,13 +16,6 @@ from raygan.config import SearchConfig, validate
 from raygan.search import run_search
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def search_config(model: dict, base: Path, storage: Path) -> SearchConfig:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 
 from raygan.checkpoint import save_checkpoint
@@ -19,13 +18,6 @@ from raygan.search import run_search
 pytestmark = pytest.mark.ray
 
 TRIAL = {"steps": 8, "batch_size": 8, "eval_every": 2, "eval_samples": 40}
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(autouse=True)

@@ -190,14 +190,9 @@ def source_class_count(pre: Pretrained, fresh: GanModel) -> int:
     for tensor in fresh.conditional_tensors():
         stored = weights[tensor.net].get(tensor.name)
         if stored is not None and stored.dim() > tensor.dim:
-            return int(stored.shape[tensor.dim]) - tensor.start - _tail(fresh, tensor)
+            # The class slice ends its dim (as `_mapped` assumes): everything before `start`.
+            return int(stored.shape[tensor.dim]) - tensor.start
     return fresh.num_classes
-
-
-def _tail(model: GanModel, tensor: ConditionalTensor) -> int:
-    """Entries after the class slice along its dim (0 for every adapter raygan has)."""
-    size = model.net(tensor.net).state_dict()[tensor.name].shape[tensor.dim]
-    return size - tensor.start - model.num_classes
 
 
 def merge_weights(
