@@ -20,7 +20,6 @@ import ray
 import torch
 from optuna.samplers import GridSampler, TPESampler
 from ray import tune
-from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import SearchAlgorithm
 
 from raygan.checkpoint import Checkpoint
@@ -30,7 +29,6 @@ from raygan.config import (
     LogUniform,
     SearchConfig,
     TrialConfig,
-    continuous_names,
     grid_values,
 )
 from raygan.data import LabeledImages
@@ -38,17 +36,28 @@ from raygan.errors import ConfigError, SearchFailed
 from raygan.experiment import check_resume_settings, save_settings
 from raygan.models.pretrained import load_base_and_data
 from raygan.safety import check_resumable
+from raygan.scheduling import (
+    # Schedulers and the searcher rank trials by their best objective so far ("score");
+    # checkpoints are kept by their own objective.
+    CHECKPOINT_METRIC,
+    METRIC,
+    MODE,
+    board_name,
+    board_open,
+    build_scheduler,
+    posted_stop,
+)
 from raygan.tensorboard import TrialLog
 from raygan.trial import run_trial
 
 log = logging.getLogger(__name__)
 
-# Schedulers and the searcher rank trials by their best objective so far ("score"); checkpoints
-# are kept by their own objective.
-METRIC, CHECKPOINT_METRIC, MODE = "score", "objective", "min"
 # A Ray Train trial's driver only waits on its workers: it holds 1 MiB of memory, no CPU, so
 # a 2-worker trial fits a 2-CPU machine (a bundle must hold some resource; 0 CPU alone won't do).
 TRAIN_DRIVER_RESOURCES = {"CPU": 0, "memory": 2**20}
+# Crash-consistency tests set this to a step: the process that wrote that step's checkpoint dies
+# once, before reporting it, as a kill -9 at the worst moment would.
+FAULT_BEFORE_REPORT = "RAYGAN_FAULT_BEFORE_REPORT"
 
 
 # ---- before any trial starts -------------------------------------------------------------
@@ -256,10 +265,6 @@ def trial_settings(search: SearchConfig, params: dict[str, Any]) -> TrialConfig:
     return search.trial_config({**params, "eval_at_start": False})
 
 
-def evaluations_per_trial(trial: TrialConfig) -> int:
-    return -(-trial.steps // trial.eval_every)
-
-
 # ---- inside a trial ------------------------------------------------------------------------
 
 
@@ -270,6 +275,7 @@ class TrialContext:
     search: dict[str, Any]
     experiment_dir: str  # a path or a storage URI
     tensorboard_root: str  # always a filesystem path
+    stop_board: str | None = None  # where Ray Train trials hear ASHA's stops
 
 
 def _load_inputs(ctx: TrialContext) -> tuple[SearchConfig, Checkpoint, LabeledImages]:
@@ -289,7 +295,7 @@ def trial_driver(params: dict[str, Any], ctx: TrialContext) -> None:
 
 def run_in_trial_process(params: dict[str, Any], ctx: TrialContext) -> None:
     trial_id = tune.get_context().get_trial_id()
-    run_reporting_to_ray(params, ctx, trial_id, tune.get_checkpoint(), tune.report, True)
+    run_reporting_to_ray(params, ctx, trial_id, tune.get_checkpoint(), tune.report, rank0=True)
 
 
 def run_on_torch_trainer(params: dict[str, Any], ctx: TrialContext, search: SearchConfig) -> None:
@@ -334,7 +340,7 @@ def ddp_worker_loop(config: dict[str, Any]) -> None:
         config["trial_id"],
         ray.train.get_checkpoint(),
         ray.train.report,
-        write_logs=rank0,
+        rank0=rank0,
         device=ray.train.torch.get_device(),
     )
 
@@ -345,25 +351,31 @@ def run_reporting_to_ray(
     trial_id: str,
     restored: tune.Checkpoint | None,
     ray_report: Any,
-    write_logs: bool,
+    rank0: bool,
     device: torch.device | None = None,
 ) -> None:
     """Run the loop, resuming from `restored`; `ray_report` is `ray.tune.report` in a Tune
-    trial and `ray.train.report` on a Train worker (each is an error in the other's place)."""
+    trial and `ray.train.report` on a Train worker (each is an error in the other's place).
+    Rank 0 writes the TensorBoard log and, on Ray Train, hears the scheduler's stops."""
     search, base, data = _load_inputs(ctx)
     cfg = trial_settings(search, params)
     scratch = Path(tempfile.mkdtemp(prefix=f"raygan-{trial_id}-"))
     resume = Path(restored.to_directory(str(scratch / "restored"))) if restored else None
 
-    def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+    def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> str:
+        if checkpoint_dir:
+            die_if_fault_injected(metrics["step"], ctx.experiment_dir)
         checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray_report(metrics, checkpoint=checkpoint)  # persists the checkpoint to storage
         if checkpoint_dir:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        if rank0 and ctx.stop_board:
+            return posted_stop(ctx.stop_board, trial_id, metrics["step"])
+        return ""
 
     # The HParams tab compares what the search varies; constant settings would crowd it.
     searched = {name: getattr(cfg, name) for name in search.space}
-    trial_log = TrialLog(Path(ctx.tensorboard_root) / trial_id, searched) if write_logs else None
+    trial_log = TrialLog(Path(ctx.tensorboard_root) / trial_id, searched) if rank0 else None
     try:
         run_trial(
             cfg,
@@ -381,6 +393,16 @@ def run_reporting_to_ray(
         if trial_log is not None:
             trial_log.close()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def die_if_fault_injected(step: int, experiment_dir: str) -> None:
+    if os.environ.get(FAULT_BEFORE_REPORT) != str(step) or "://" in experiment_dir:
+        return
+    try:
+        (Path(experiment_dir) / f"fault-injected-at-{step}").touch(exist_ok=False)  # once only
+    except FileExistsError:
+        return
+    os._exit(1)
 
 
 # ---- the driver ----------------------------------------------------------------------------
@@ -445,55 +467,6 @@ class TuneGridSampler(GridSampler):
         return None
 
 
-def build_scheduler(cfg: SearchConfig) -> TrialScheduler:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
-
-    sched = cfg.scheduler
-    if sched.kind == "asha":
-        return ASHAScheduler(
-            metric=METRIC,
-            mode=MODE,
-            time_attr="training_iteration",  # one iteration = one evaluation
-            max_t=evaluations_per_trial(cfg.trial),
-            grace_period=sched.grace_evals,
-            reduction_factor=sched.reduction_factor,
-            # A trial that reaches its last evaluation ends by itself. Stopping it there kills a
-            # TorchTrainer driver before it frees its placement group (ray-project/ray#54305).
-            stop_last_trials=False,
-        )
-    if sched.kind == "pbt":
-        space = param_space(cfg)
-        names = continuous_names(cfg.space)
-        return PopulationBasedTraining(
-            # PBT continues from a trial's latest weights, so it ranks them by their latest
-            # objective; the best so far may be long gone.
-            metric=CHECKPOINT_METRIC,
-            mode=MODE,
-            time_attr="training_iteration",
-            perturbation_interval=sched.perturbation_interval,
-            hyperparam_mutations={name: space[name] for name in names},
-            quantile_fraction=sched.quantile_fraction,
-            resample_probability=sched.resample_probability,
-            custom_explore_fn=ClampToSpace(
-                {name: (cfg.space[name].low, cfg.space[name].high) for name in names}
-            ),
-        )
-    return FIFOScheduler()
-
-
-@dataclass(frozen=True)
-class ClampToSpace:
-    """PBT scales values by 0.8 or 1.2, which can leave the space (beta1 0.9 -> 1.08); bring
-    them back to its bounds. A class, not a closure: Tune pickles the scheduler."""
-
-    bounds: dict[str, tuple[float, float]]
-
-    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
-        for name, (low, high) in self.bounds.items():
-            config[name] = min(max(config[name], low), high)
-        return config
-
-
 def checkpoint_config(cfg: SearchConfig) -> tune.CheckpointConfig:
     if cfg.scheduler.kind == "pbt":
         # Any trial's latest checkpoint may be copied into another trial at any time; keeping
@@ -513,7 +486,7 @@ def build_tuner(cfg: SearchConfig, root: str, concurrency: int, ctx: TrialContex
         tune_config=tune.TuneConfig(
             # The searcher and scheduler name their own metric: PBT ranks by another one.
             search_alg=build_searcher(cfg, concurrency),
-            scheduler=build_scheduler(cfg),
+            scheduler=build_scheduler(cfg, param_space(cfg), ctx.stop_board),
             num_samples=cfg.num_trials,
             # A reused trial actor keeps the previous trial's Ray Train controller, and its
             # placement group, alive (ray-project/ray#54305); one-worker trials have none, and
@@ -532,6 +505,12 @@ def build_tuner(cfg: SearchConfig, root: str, concurrency: int, ctx: TrialContex
 
 def experiment_dir_of(root: str, name: str) -> str:
     return f"{root.rstrip('/')}/{name}"
+
+
+def trial_context(cfg: SearchConfig, experiment: str) -> TrialContext:
+    where = experiment if "://" in experiment else str(Path(experiment).resolve())
+    stop_board = board_name(where) if cfg.workers > 1 else None
+    return TrialContext(cfg.model_dump(), experiment, tensorboard_root(experiment), stop_board)
 
 
 def tensorboard_root(experiment_dir: str) -> str:
@@ -573,7 +552,7 @@ def run_search(
     if resume:
         experiment = resume.rstrip("/")
         root = experiment.rsplit("/", 1)[0]
-        ctx = TrialContext(cfg.model_dump(), experiment, tensorboard_root(experiment))
+        ctx = trial_context(cfg, experiment)
         tuner = tune.Tuner.restore(experiment, trainable_for(cfg, ctx), resume_errored=True)
     else:
         root = storage_root(storage or cfg.storage)
@@ -583,14 +562,15 @@ def run_search(
                 f"experiment {experiment} exists: pass --resume {experiment} to continue it, "
                 "or choose another --name"
             )
-        ctx = TrialContext(cfg.model_dump(), experiment, tensorboard_root(experiment))
+        ctx = trial_context(cfg, experiment)
         tuner = build_tuner(cfg, root, concurrency, ctx)
     log.info("search %s: %d trials, up to %d at once", experiment, cfg.num_trials, concurrency)
     local = "://" not in experiment
     pretrained = score_pretrained(cfg, base, data, Path(experiment)) if local else {"fid": math.nan}
     if local and not resume:
         save_settings(Path(experiment), cfg)  # what --resume and export check against
-    raise_if_all_failed(tuner.fit())
+    with board_open(ctx.stop_board):
+        raise_if_all_failed(tuner.fit())
     if not local:
         return SearchOutcome(
             experiment, None, "export: sync the experiment locally, then `raygan export`"

@@ -33,14 +33,16 @@ from raygan.tensorboard import TrialLog
 log = logging.getLogger(__name__)
 
 # report(metrics, checkpoint_dir or None): called on every rank with rank 0's metrics.
-Report = Callable[[dict[str, Any], Path | None], None]
+# Takes an evaluation's metrics and checkpoint; may return why a scheduler wants the trial
+# stopped now (rank 0's answer counts).
+Report = Callable[[dict[str, Any], Path | None], str | None]
 LOSS_WINDOW = 10  # steps between the cross-rank loss reductions (and NaN checks)
 RAW_FID_EVALUATIONS = 2  # evaluations that also score the raw generator beside its EMA
 
 
 @dataclass
 class TrialResult:
-    status: str  # "completed", "diverged" or "collapsed"
+    status: str  # "completed", "diverged", "collapsed" or "stopped" (by a scheduler)
     step: int
     reason: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -333,8 +335,9 @@ def run_trial(
     window, window_steps = torch.zeros(2, device=device), 0
     t0 = time.perf_counter()
 
-    def evaluate_and_report(step: int, losses: dict[str, float]) -> str:
-        """Rank 0 scores and maybe checkpoints; every rank reports. Returns a stop reason."""
+    def evaluate_and_report(step: int, losses: dict[str, float]) -> tuple[str, str]:
+        """Rank 0 scores and maybe checkpoints; every rank reports. Returns why the trial
+        stops: (status, reason), or ("", "") to go on."""
         nonlocal high_collapse, best_so_far
         metrics, ckpt_dir, stop = None, None, ""
         rng_states = gather_to_rank0((data_rng.get_state(), torch.get_rng_state()))
@@ -380,8 +383,10 @@ def run_trial(
                 ckpt_dir = save_checkpoint(ckpt, out_dir / "checkpoints" / f"step-{step:06d}")
             record(result, metrics, ckpt_dir)
         metrics, stop = broadcast_from_rank0((metrics, stop))
-        report(metrics, ckpt_dir)
-        return stop
+        told = broadcast_from_rank0(report(metrics, ckpt_dir) or "")
+        if stop:
+            return "collapsed", stop
+        return ("stopped", told) if told else ("", "")
 
     if cfg.eval_at_start and start == 0:
         evaluate_and_report(0, {"loss_d": math.nan, "loss_g": math.nan})
@@ -417,9 +422,9 @@ def run_trial(
             )
             break
         if due_eval:
-            stop = evaluate_and_report(step, losses)
-            if stop:
-                result.status, result.reason = "collapsed", stop
+            status, reason = evaluate_and_report(step, losses)
+            if status:
+                result.status, result.reason = status, reason
                 break
     return result
 

@@ -3,7 +3,6 @@
 is one line; a target with other classes starts from the pretrained rows of its classes."""
 
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 import tiny_models
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo import run_ranks
 from PIL import Image
 from tiny_models import FACTORY, LATENT, save_keras_base, save_torch_base
 
@@ -300,12 +299,6 @@ def test_a_keras_model_keeps_its_class_count(three_classes, keras_base):
 # ---- DDP ------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def flat(tensors) -> torch.Tensor:
     return torch.cat([t.detach().double().flatten() for t in tensors])
 
@@ -318,30 +311,24 @@ def weights_and_statistics(m) -> torch.Tensor:
     return torch.nn.utils.rnn.pad_sequence([weights, statistics], batch_first=True)
 
 
-def ddp_worker(rank: int, world: int, port: int, base_dir: str, out_dir: str, cache: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RAYGAN_CACHE=cache)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        base, data = load_checkpoint(base_dir), load_dataset(DATA, 32)
-        cfg = STEPS.model_copy(update={"freeze_g": 1, "freeze_d": 1, "seed": 3})
-        reports = []
-        run_trial(cfg, base, data, Path(out_dir), lambda metrics, ckpt: reports.append(metrics))
-        assert [r["step"] for r in reports] == [4], reports
+def ddp_worker(rank: int, world: int, base_dir: str, out_dir: str, cache: str) -> None:
+    os.environ["RAYGAN_CACHE"] = cache
+    base, data = load_checkpoint(base_dir), load_dataset(DATA, 32)
+    cfg = STEPS.model_copy(update={"freeze_g": 1, "freeze_d": 1, "seed": 3})
+    reports = []
+    run_trial(cfg, base, data, Path(out_dir), lambda metrics, ckpt: reports.append(metrics))
+    assert [r["step"] for r in reports] == [4], reports
 
-        m = build_models(cfg, base, torch.device("cpu"))
-        batches = sample_batches(data, cfg.batch_size, seed=rank)  # each rank its own data
-        before = weights_and_statistics(m)
-        train_steps(m, batches, cfg, 3)
-        after = weights_and_statistics(m)
-        gathered = [torch.empty_like(after) for _ in range(world)]
-        dist.all_gather(gathered, after)
-        if rank == 0:
-            moved = float((after - before).abs().max())
-            torch.save({"states": gathered, "moved": moved}, os.path.join(out_dir, "states.pt"))
-        dist.barrier()  # neither rank tears the group down while the other still uses it
-    finally:
-        dist.destroy_process_group()
+    m = build_models(cfg, base, torch.device("cpu"))
+    batches = sample_batches(data, cfg.batch_size, seed=rank)  # each rank its own data
+    before = weights_and_statistics(m)
+    train_steps(m, batches, cfg, 3)
+    after = weights_and_statistics(m)
+    gathered = [torch.empty_like(after) for _ in range(world)]
+    dist.all_gather(gathered, after)
+    if rank == 0:
+        moved = float((after - before).abs().max())
+        torch.save({"states": gathered, "moved": moved}, os.path.join(out_dir, "states.pt"))
 
 
 def test_a_batchnorm_user_model_under_two_process_ddp_keeps_ranks_identical(
@@ -351,9 +338,7 @@ def test_a_batchnorm_user_model_under_two_process_ddp_keeps_ranks_identical(
     base_dir = save_checkpoint(base, tmp_path / "base")
     out = tmp_path / "run"
     out.mkdir()
-    mp.spawn(
-        ddp_worker, args=(2, free_port(), str(base_dir), str(out), str(isolated_cache)), nprocs=2
-    )
+    run_ranks(ddp_worker, 2, str(base_dir), str(out), str(isolated_cache))
     result = torch.load(out / "states.pt", weights_only=True)
     rank0, rank1 = result["states"]
     assert result["moved"] > 0

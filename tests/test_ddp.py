@@ -1,12 +1,11 @@
 """Real DDP: two gloo processes on CPU run the trial loop and its train step."""
 
 import os
-import socket
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo import run_ranks
 
 from raygan.checkpoint import load_checkpoint, save_checkpoint
 from raygan.config import TrialConfig
@@ -15,70 +14,58 @@ from raygan.recipe import build_recipe
 from raygan.trial import build_models, run_trial, train_step
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def flat_weights(m) -> torch.Tensor:
     nets = (m.model.g, m.model.d)
     return torch.cat([p.detach().flatten() for net in nets for p in net.parameters()])
 
 
-def worker(rank: int, world: int, port: int, base_dir: str, out_dir: str, cache: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RAYGAN_CACHE=cache)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        data = load_dataset("demo:target:200", 32)
-        base = load_checkpoint(base_dir)
-        cfg = TrialConfig(
-            steps=6,
-            batch_size=8,
-            lr=5e-3,
-            freeze_d=1,
-            eval_every=3,
-            eval_samples=40,
-            eval_at_start=False,
-            seed=3,
-        )
-        # The whole loop: every rank reports rank 0's metrics at each evaluation.
-        reports = []
-        run_trial(cfg, base, data, Path(out_dir), lambda metrics, ckpt: reports.append(metrics))
-        assert [r["step"] for r in reports] == [3, 6], reports
+def worker(rank: int, world: int, base_dir: str, out_dir: str, cache: str) -> None:
+    os.environ["RAYGAN_CACHE"] = cache
+    data = load_dataset("demo:target:200", 32)
+    base = load_checkpoint(base_dir)
+    cfg = TrialConfig(
+        steps=6,
+        batch_size=8,
+        lr=5e-3,
+        freeze_d=1,
+        eval_every=3,
+        eval_samples=40,
+        eval_at_start=False,
+        seed=3,
+    )
+    # The whole loop: every rank reports rank 0's metrics at each evaluation.
+    reports = []
+    run_trial(cfg, base, data, Path(out_dir), lambda metrics, ckpt: reports.append(metrics))
+    assert [r["step"] for r in reports] == [3, 6], reports
 
-        # The step itself: ranks see different batches, yet weights stay identical.
-        m = build_models(cfg, base, torch.device("cpu"))
-        batches = sample_batches(data, cfg.batch_size, seed=rank)
-        before = flat_weights(m)
-        recipe = build_recipe(cfg, m.model)
-        for step in range(1, 6):
-            loss_d, _ = train_step(m, [next(batches)], cfg, recipe, step)
-        after = flat_weights(m)
-        gathered = [torch.empty_like(after) for _ in range(world)]
-        dist.all_gather(gathered, after)
-        losses = [torch.empty(1) for _ in range(world)]
-        dist.all_gather(losses, loss_d.reshape(1))
-        if rank == 0:
-            torch.save(
-                {
-                    "weights": gathered,
-                    "losses": losses,
-                    "moved": float((after - before).abs().max()),
-                },
-                os.path.join(out_dir, "gathered.pt"),
-            )
-        dist.barrier()  # neither rank tears the group down while the other still uses it
-    finally:
-        dist.destroy_process_group()
+    # The step itself: ranks see different batches, yet weights stay identical.
+    m = build_models(cfg, base, torch.device("cpu"))
+    batches = sample_batches(data, cfg.batch_size, seed=rank)
+    before = flat_weights(m)
+    recipe = build_recipe(cfg, m.model)
+    for step in range(1, 6):
+        loss_d, _ = train_step(m, [next(batches)], cfg, recipe, step)
+    after = flat_weights(m)
+    gathered = [torch.empty_like(after) for _ in range(world)]
+    dist.all_gather(gathered, after)
+    losses = [torch.empty(1) for _ in range(world)]
+    dist.all_gather(losses, loss_d.reshape(1))
+    if rank == 0:
+        torch.save(
+            {
+                "weights": gathered,
+                "losses": losses,
+                "moved": float((after - before).abs().max()),
+            },
+            os.path.join(out_dir, "gathered.pt"),
+        )
 
 
 def test_two_process_ddp_keeps_weights_identical_across_ranks(tiny_base, tmp_path, isolated_cache):
     base_dir = save_checkpoint(tiny_base, tmp_path / "base")
     out = tmp_path / "run"
     out.mkdir()
-    mp.spawn(worker, args=(2, free_port(), str(base_dir), str(out), str(isolated_cache)), nprocs=2)
+    run_ranks(worker, 2, str(base_dir), str(out), str(isolated_cache))
     result = torch.load(out / "gathered.pt", weights_only=True)
     rank0, rank1 = result["weights"]
     assert result["moved"] > 0, "training did not change the weights"

@@ -1,6 +1,9 @@
 """Integration: a real local Ray cluster runs real Optuna + ASHA searches of real trials."""
 
 import json
+import signal
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -126,6 +129,62 @@ def test_ddp_trial_runs_on_ray_train_with_two_workers(local_ray, base_dir, tmp_p
     assert "/train/" in json.loads((outcome.export / "best.json").read_text())["source_checkpoint"]
     runs = list((Path(outcome.experiment) / "tensorboard").iterdir())
     assert len(runs) == 1
+
+
+@contextmanager
+def time_limit(seconds: int):
+    """A hang fails the test instead of stalling the suite."""
+
+    def expire(*_):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def live_placement_groups() -> list[str]:
+    from ray.util import placement_group_table
+
+    return [pg for pg, info in placement_group_table().items() if info["state"] != "REMOVED"]
+
+
+def test_ddp_trial_stopped_by_asha_frees_its_workers_for_the_next_trials(
+    local_ray, base_dir, tmp_path
+):
+    # Each 2-worker trial takes both CPUs, so a trial that ran after the stopped one proves
+    # the stopped trial's workers and placement group were released.
+    cfg = search_config(
+        base_dir,
+        tmp_path / "runs",
+        name="asha-ddp",
+        workers=2,
+        max_concurrent=1,
+        num_trials=3,
+        searcher="random",
+        # The seed point leaves the untrained base as it is; the others (lr 5e-2) wreck it
+        # within two steps, so ASHA stops them at the first rung.
+        seed_recipe={"lr": 1e-8},
+        space={"lr": {"type": "choice", "values": [1e-8, 5e-2]}},
+        trial={"steps": 6, "batch_size": 8, "eval_every": 2, "eval_samples": 40},
+    )
+    with time_limit(900):
+        outcome = run_search(cfg)
+    table = sorted(
+        pq.read_table(outcome.export / "trials.parquet").to_pylist(), key=lambda r: r["trial_id"]
+    )
+    statuses = [r["status"] for r in table]
+    assert len(table) == 3 and "running" not in statuses, table
+    assert [r["param_lr"] for r in table] == [1e-8, 5e-2, 5e-2], "the searcher drew other points"
+    assert statuses == ["completed", "stopped", "stopped"], table
+    deadline = time.monotonic() + 60
+    while live_placement_groups() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not live_placement_groups()
 
 
 def test_more_gpus_than_the_cluster_has_fails_before_any_trial(local_ray, base_dir, tmp_path):

@@ -18,9 +18,9 @@ from raygan.config import SearchConfig, TrialConfig, validate
 from raygan.errors import ConfigError, SearchFailed
 from raygan.experiment import SETTINGS_FILE, check_resume_settings, save_settings
 from raygan.recipe import build_recipe
+from raygan.scheduling import build_scheduler
 from raygan.search import (
     METRIC,
-    build_scheduler,
     build_searcher,
     param_space,
     raise_if_all_failed,
@@ -144,13 +144,14 @@ def test_impossible_searcher_and_scheduler_pairs_are_refused_at_load(overrides, 
 
 
 def test_each_scheduler_kind_builds_its_ray_scheduler():
-    assert isinstance(build_scheduler(config()), ASHAScheduler)
-    assert isinstance(build_scheduler(config(scheduler={"kind": "none"})), FIFOScheduler)
+    for overrides, kind in (({}, ASHAScheduler), ({"scheduler": {"kind": "none"}}, FIFOScheduler)):
+        cfg = config(**overrides)
+        assert isinstance(build_scheduler(cfg, param_space(cfg)), kind)
 
 
 def test_pbt_perturbs_only_continuous_settings_and_stays_in_the_space():
     cfg = config(searcher="random", scheduler={"kind": "pbt", "resample_probability": 0.0})
-    pbt = build_scheduler(cfg)
+    pbt = build_scheduler(cfg, param_space(cfg))
     assert isinstance(pbt, PopulationBasedTraining)
     # A new freezing depth would not fit the optimizer state the trial restores.
     assert set(pbt._hyperparam_mutations) == {"lr", "beta1"}

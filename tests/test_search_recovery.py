@@ -1,5 +1,6 @@
-"""Fault tolerance, end to end through the CLI: a killed trial resumes from its checkpoint,
-and an interrupted search continues with --resume without rerunning finished trials."""
+"""Fault tolerance, end to end through the CLI: a killed trial or DDP worker resumes from its
+checkpoint, a crash between writing a checkpoint and reporting it loses and repeats nothing, and
+an interrupted search continues with --resume without rerunning finished trials."""
 
 import json
 import os
@@ -35,9 +36,10 @@ def write_search(tmp_path, base_dir, **overrides) -> Path:
     return path
 
 
-def start_search(args, cache) -> subprocess.Popen:
+def start_search(args, cache, **env_vars) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAYGAN_CACHE"] = str(cache)  # a fresh local cluster of its own
+    env.update(env_vars)
     return subprocess.Popen(
         [sys.executable, "-m", "raygan", "tune", *map(str, args)],
         env=env,
@@ -61,8 +63,9 @@ def wait_for(predicate, timeout: float, proc: subprocess.Popen):
     pytest.fail("timed out")
 
 
-def trial_processes(session_pid: int) -> list[int]:
-    """PIDs of Tune function-trial actors started by the search (their title is set by Ray)."""
+def ray_processes(session_pid: int, title: str) -> list[int]:
+    """PIDs of the search's Ray actors whose process title (set by Ray) starts with `title`:
+    "ray::ImplicitFunc" for Tune function trials, "ray::RayTrainWorker" for DDP workers."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -72,7 +75,7 @@ def trial_processes(session_pid: int) -> list[int]:
             sid = os.getsid(int(entry.name))
         except (OSError, ProcessLookupError):
             continue
-        if "ray::ImplicitFunc" in cmdline and sid == os.getsid(session_pid):
+        if cmdline.startswith(title) and sid == os.getsid(session_pid):
             pids.append(int(entry.name))
     return pids
 
@@ -96,7 +99,7 @@ def test_killed_trial_resumes_from_its_last_checkpoint(tmp_path, base_dir, isola
     proc = start_search([write_search(tmp_path, base_dir)], isolated_cache)
     experiment = tmp_path / "runs" / "rec"
     wait_for(lambda: list(experiment.glob("*/checkpoint_000001")), 240, proc)
-    victims = wait_for(lambda: trial_processes(proc.pid), 30, proc)
+    victims = wait_for(lambda: ray_processes(proc.pid, "ray::ImplicitFunc"), 30, proc)
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
     output, _ = proc.communicate(timeout=300)
@@ -109,6 +112,67 @@ def test_killed_trial_resumes_from_its_last_checkpoint(tmp_path, base_dir, isola
     resumed_at = restarts[1]["step"]
     assert resumed_at > 4, f"the trial restarted from scratch: {steps}"
     assert steps[-1] == 40
+    table = pq.read_table(experiment / "export" / "trials.parquet").to_pylist()
+    assert table[0]["status"] == "completed" and table[0]["restarts"] == 1
+
+
+def evaluated_steps(reports: list[dict]) -> list[int]:
+    return [r["step"] for r in reports if "objective" in r]
+
+
+def test_killed_ddp_worker_is_restarted_from_the_last_checkpoint(
+    tmp_path, base_dir, isolated_cache
+):
+    search = write_search(
+        tmp_path,
+        base_dir,
+        workers=2,
+        trial={"steps": 12, "batch_size": 8, "eval_every": 2, "eval_samples": 40},
+    )
+    proc = start_search([search], isolated_cache)
+    experiment = tmp_path / "runs" / "rec"
+    wait_for(lambda: len(list(experiment.glob("train/*/checkpoint_*"))) >= 2, 300, proc)
+    workers = wait_for(lambda: ray_processes(proc.pid, "ray::RayTrainWorker"), 30, proc)
+    os.kill(workers[-1], signal.SIGKILL)
+    replaced = wait_for(
+        lambda: set(ray_processes(proc.pid, "ray::RayTrainWorker")) - set(workers), 120, proc
+    )
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    assert replaced
+
+    (reports,) = reported_steps(experiment)
+    # Every evaluation reported once: the restart resumed after the last checkpoint.
+    assert evaluated_steps(reports) == list(range(2, 13, 2)), output
+    table = pq.read_table(experiment / "export" / "trials.parquet").to_pylist()
+    assert table[0]["status"] == "completed"
+
+
+def test_crash_between_checkpoint_and_report_loses_and_repeats_nothing(
+    tmp_path, base_dir, isolated_cache
+):
+    search = write_search(
+        tmp_path,
+        base_dir,
+        keep_checkpoints=10,
+        trial={"steps": 8, "batch_size": 8, "eval_every": 2, "eval_samples": 40},
+    )
+    proc = start_search([search], isolated_cache, RAYGAN_FAULT_BEFORE_REPORT="4")
+    output, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, output
+    experiment = tmp_path / "runs" / "rec"
+    assert (experiment / "fault-injected-at-4").exists(), "the fault never fired"
+
+    (reports,) = reported_steps(experiment)
+    assert evaluated_steps(reports) == [2, 4, 6, 8]
+    restarts = [r["step"] for r in reports if r["iterations_since_restore"] == 1]
+    assert restarts == [2, 4], f"expected a restart at step 4, got {restarts}"
+    (trial_dir,) = [p.parent for p in experiment.glob("*/result.json")]
+    stored = sorted(
+        json.loads((c / "raygan.json").read_text())["state"]["step"]
+        for c in trial_dir.glob("checkpoint_*")
+    )
+    assert stored == [2, 4, 6, 8], "a checkpoint was lost or stored twice"
     table = pq.read_table(experiment / "export" / "trials.parquet").to_pylist()
     assert table[0]["status"] == "completed" and table[0]["restarts"] == 1
 
