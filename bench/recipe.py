@@ -13,6 +13,8 @@ class accuracy of that checkpoint (mean and spread over seeds) and a picture gri
     pip install -e '.[bench]'
     python bench/recipe.py                       # 3 seeds, both data sets (~20 min on 2 cores)
     python bench/recipe.py --seeds 1 --steps 100 --data demo   # a quick look
+    OMP_NUM_THREADS=1 python bench/recipe.py --data demo &     # both sets side by side
+    OMP_NUM_THREADS=1 python bench/recipe.py --data digits
 """
 
 from __future__ import annotations
@@ -124,11 +126,13 @@ def main() -> None:
             if runs[0]["checkpoint"]:
                 grids.append(grid_of(runs[0]["checkpoint"]))
     print_table(rows)
-    picture = RESULTS / "recipe.png"
+    # One data set per process lets two runs share a 2-core box (OMP_NUM_THREADS=1 each).
+    name = "recipe" if args.data == "both" else f"recipe_{args.data}"
+    picture = RESULTS / f"{name}.png"
     picture.parent.mkdir(parents=True, exist_ok=True)
     save_image(torch.cat(grids), picture, nrow=GRID_PER_CLASS, padding=1)
     settings = {"budget": {**BUDGET, "steps": args.steps}, "common": COMMON, "recipes": RECIPES}
-    path = write_results("recipe", settings, rows, runs=runs_out, picture=str(picture))
+    path = write_results(name, settings, rows, runs=runs_out, picture=str(picture))
     print(f"wrote {path} and {picture} (rows: data x recipe; first seed's grid each)")
 
 

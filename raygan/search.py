@@ -1,4 +1,4 @@
-"""The search: Ray Tune + Optuna over fine-tuning trials; the only module that talks to Ray.
+"""The search: Ray Tune + Optuna over fine-tuning trials (schedulers: `raygan.scheduling`).
 
 Each Tune trial runs the engine's loop (`raygan.trial.run_trial`) either in its own process
 (one worker: no Ray Train start-up cost) or on a Ray Train `TorchTrainer` of `workers` DDP
