@@ -39,14 +39,14 @@ import ray
 from common import print_table, write_results
 from ray import tune
 
-import raygan.search
+import raygan.summary
 from raygan.config import SearchConfig, load_config
 from raygan.search import run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBES_DIR = Path(__file__).resolve().parent / "probes"
 SPACES = {1: ROOT / "search_spaces" / "demo.yaml", 2: ROOT / "search_spaces" / "demo-ddp.yaml"}
-TARGET_ONE_WORKER_S = 5.0
+TARGET_ONE_WORKER_S = 3.0
 
 
 def tiny_search(
@@ -85,18 +85,18 @@ def actor_reuse(reuse: bool | None) -> Iterator[None]:
 @contextlib.contextmanager
 def fit_start_recorder(marks: dict[str, float]) -> Iterator[None]:
     """Notes when `run_search` is done scoring the pretrained model, i.e. about to `fit()`."""
-    original = raygan.search.score_pretrained
+    original = raygan.summary.score_pretrained
 
     def probed(*args: Any, **kwargs: Any) -> Any:
         result = original(*args, **kwargs)
         marks["fit"] = time.time()
         return result
 
-    raygan.search.score_pretrained = probed
+    raygan.summary.score_pretrained = probed
     try:
         yield
     finally:
-        raygan.search.score_pretrained = original
+        raygan.summary.score_pretrained = original
 
 
 Event = tuple[str, float, int]  # (name, unix time, pid)
@@ -148,7 +148,13 @@ def search_on_fresh_cluster(
     """Runs `cfg` on a new local Ray cluster; returns time marks, probe events, experiment."""
     start = time.time()
     # address="local": never join another Ray cluster running on this shared machine.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # As `raygan.search.connect` starts a local cluster (a dashboard only for Ray Train).
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False if cfg.workers == 1 else None,
+        log_to_driver=False,
+    )
     marks = {"start": start, "call": time.time()}
     try:
         with fit_start_recorder(marks), actor_reuse(reuse):
