@@ -509,7 +509,9 @@ def experiment_dir_of(root: str, name: str) -> str:
 
 def trial_context(cfg: SearchConfig, experiment: str) -> TrialContext:
     where = experiment if "://" in experiment else str(Path(experiment).resolve())
-    stop_board = board_name(where) if cfg.workers > 1 else None
+    # Only ASHA posts stops; PBT runs one-worker trials only.
+    posted = cfg.workers > 1 and cfg.scheduler.kind == "asha"
+    stop_board = board_name(where) if posted else None
     return TrialContext(cfg.model_dump(), experiment, tensorboard_root(experiment), stop_board)
 
 

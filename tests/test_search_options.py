@@ -26,6 +26,7 @@ from raygan.search import (
     raise_if_all_failed,
     run_search,
     startup_trials,
+    trial_context,
 )
 from raygan.summary import format_summary
 from raygan.tensorboard import TrialLog
@@ -147,6 +148,18 @@ def test_each_scheduler_kind_builds_its_ray_scheduler():
     for overrides, kind in (({}, ASHAScheduler), ({"scheduler": {"kind": "none"}}, FIFOScheduler)):
         cfg = config(**overrides)
         assert isinstance(build_scheduler(cfg, param_space(cfg)), kind)
+
+
+def test_only_asha_with_ray_train_trials_posts_stops_on_a_board_named_by_the_experiment(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    ddp = config(workers=2)
+    board = trial_context(ddp, "runs/demo").stop_board
+    assert board and board == trial_context(ddp, str(tmp_path / "runs" / "demo")).stop_board
+    assert board != trial_context(ddp, "runs/other").stop_board
+    assert trial_context(config(), "runs/demo").stop_board is None  # Tune may kill these
+    assert trial_context(config(workers=2, scheduler={"kind": "none"}), "x").stop_board is None
 
 
 def test_pbt_perturbs_only_continuous_settings_and_stays_in_the_space():
