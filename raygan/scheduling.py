@@ -10,6 +10,7 @@ worker group down and frees the placement group as after any finished run.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,8 @@ from ray.tune.schedulers import (
 )
 
 from raygan.config import SearchConfig, continuous_names
+
+log = logging.getLogger(__name__)
 
 METRIC, CHECKPOINT_METRIC, MODE = "score", "objective", "min"
 STOPPED_BY_ASHA = "by ASHA: score behind its rung"
@@ -158,6 +161,10 @@ class PostedStopASHA(ASHAScheduler):
         if "step" not in result:
             return action
         stop = action == TrialScheduler.STOP and result.get("trial_status") == "running"
-        board = ray.get_actor(self.stop_board, namespace=BOARD_NAMESPACE)
+        try:
+            board = ray.get_actor(self.stop_board, namespace=BOARD_NAMESPACE)
+        except ValueError:  # an experiment resumed from another path: Tune stops it instead
+            log.warning("stop board %s is gone; Tune stops trials itself", self.stop_board)
+            return action
         board.post.remote(trial.trial_id, result["step"], STOPPED_BY_ASHA if stop else "")
         return TrialScheduler.CONTINUE if stop else action
