@@ -138,7 +138,10 @@ def board_open(name: str | None) -> Iterator[None]:
 
 def posted_stop(name: str, trial_id: str, step: int, wait_s: float = DECISION_WAIT_S) -> str:
     """The scheduler's word on this trial's report of `step`: a stop reason or ""."""
-    board = ray.get_actor(name, namespace=BOARD_NAMESPACE)
+    try:
+        board = ray.get_actor(name, namespace=BOARD_NAMESPACE)
+    except ValueError:  # no board (a Tuner built without `run_search`): Tune stops trials
+        return ""
     deadline = time.monotonic() + wait_s
     while True:
         decision = ray.get(board.decision.remote(trial_id, step))
