@@ -32,9 +32,8 @@ from raygan.tensorboard import TrialLog
 
 log = logging.getLogger(__name__)
 
-# report(metrics, checkpoint_dir or None): called on every rank with rank 0's metrics.
-# Takes an evaluation's metrics and checkpoint; may return why a scheduler wants the trial
-# stopped now (rank 0's answer counts).
+# report(metrics, checkpoint_dir or None): called on every rank with rank 0's metrics; may
+# return why a scheduler wants the trial stopped now (rank 0's answer counts).
 Report = Callable[[dict[str, Any], Path | None], str | None]
 LOSS_WINDOW = 10  # steps between the cross-rank loss reductions (and NaN checks)
 RAW_FID_EVALUATIONS = 2  # evaluations that also score the raw generator beside its EMA

@@ -19,12 +19,19 @@ from raygan.checkpoint import save_checkpoint
 pytestmark = pytest.mark.ray
 
 
-def write_search(tmp_path, base_dir, **overrides) -> Path:
+def write_search(tmp_path, base_dir, trial=None, **overrides) -> Path:
+    """A one-trial search YAML; `trial` overrides fields of its small trial settings."""
     raw = {
         "name": "rec",
         "data": "demo:target:200",
         "base": str(base_dir),
-        "trial": {"steps": 40, "batch_size": 8, "eval_every": 4, "eval_samples": 40},
+        "trial": {
+            "steps": 40,
+            "batch_size": 8,
+            "eval_every": 4,
+            "eval_samples": 40,
+            **(trial or {}),
+        },
         "space": {"lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3}},
         "num_trials": 1,
         "max_concurrent": 1,
@@ -127,7 +134,7 @@ def test_killed_ddp_worker_is_restarted_from_the_last_checkpoint(
         tmp_path,
         base_dir,
         workers=2,
-        trial={"steps": 12, "batch_size": 8, "eval_every": 2, "eval_samples": 40},
+        trial={"steps": 12, "eval_every": 2},
     )
     proc = start_search([search], isolated_cache)
     experiment = tmp_path / "runs" / "rec"
@@ -155,7 +162,7 @@ def test_crash_between_checkpoint_and_report_loses_and_repeats_nothing(
         tmp_path,
         base_dir,
         keep_checkpoints=10,
-        trial={"steps": 8, "batch_size": 8, "eval_every": 2, "eval_samples": 40},
+        trial={"steps": 8, "eval_every": 2},
     )
     proc = start_search([search], isolated_cache, RAYGAN_FAULT_BEFORE_REPORT="4")
     output, _ = proc.communicate(timeout=400)
@@ -184,7 +191,7 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(
         tmp_path,
         base_dir,
         num_trials=3,
-        trial={"steps": 12, "batch_size": 8, "eval_every": 4, "eval_samples": 40},
+        trial={"steps": 12},
     )
     experiment = tmp_path / "runs" / "rec"
     proc = start_search([search], isolated_cache)
