@@ -13,6 +13,7 @@ class accuracy of that checkpoint (mean and spread over seeds) and a picture gri
     pip install -e '.[bench]'
     python bench/recipe.py                       # 3 seeds, both data sets (~20 min on 2 cores)
     python bench/recipe.py --seeds 1 --steps 100 --data demo   # a quick look
+    python bench/recipe.py --set ablation --seeds 1    # one knob at a time
     OMP_NUM_THREADS=1 python bench/recipe.py --data demo &     # both sets side by side
     OMP_NUM_THREADS=1 python bench/recipe.py --data digits
 """
@@ -40,15 +41,37 @@ from raygan.trial import run_trial
 BUDGET = {"steps": 400, "batch_size": 16, "eval_every": 100, "eval_samples": 500}
 COMMON = {"lr": 2e-4, "beta1": 0.5, "freeze_d": 2}
 RECIPES: dict[str, dict[str, Any]] = {
-    "plain (before)": {},
-    "ema + diffaug": {"ema_decay": 0.99, "augment": "diffaug"},
+    "plain (before)": {"mismatch_weight": 0.0},
+    "mismatch 1.0 (the new default)": {"mismatch_weight": 1.0},
+    "mismatch + ada + r1": {"mismatch_weight": 1.0, "augment": "ada", "r1_gamma": 1.0},
+    # Measured in the first round (bench/README §7): the knobs peers ship, without mismatch.
+    "ema + diffaug": {"mismatch_weight": 0.0, "ema_decay": 0.99, "augment": "diffaug"},
     "ema + diffaug + hinge + lecam": {
+        "mismatch_weight": 0.0,
         "ema_decay": 0.99,
         "augment": "diffaug",
         "loss": "hinge",
         "lecam_weight": 0.1,
     },
 }
+# One knob at a time against the plain recipe, to find which ones matter (`--set ablation`).
+ONE_KNOB: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "ema 0.99": {"ema_decay": 0.99},
+    "ema 0.99 from step 200": {"ema_decay": 0.99, "ema_start": 200},
+    "diffaug": {"augment": "diffaug"},
+    "diffaug:color": {"augment": "diffaug:color"},
+    "ada": {"augment": "ada"},
+    "hinge": {"loss": "hinge"},
+    "d_steps 2": {"d_steps": 2},
+    "lecam 0.1": {"lecam_weight": 0.1},
+    "r1 1.0": {"r1_gamma": 1.0},
+    "anchor 1.0": {"anchor_weight": 1.0},
+    "norm_affine_only": {"norm_affine_only": True},
+    "mismatch 1.0": {"mismatch_weight": 1.0},
+}
+ABLATION = {name: {"mismatch_weight": 0.0, **knob} for name, knob in ONE_KNOB.items()}
+RECIPE_SETS = {"main": RECIPES, "ablation": ABLATION}
 
 
 def digits_folder(root: Path, per_class: int = 50) -> Path:
@@ -105,6 +128,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=BUDGET["steps"])
     parser.add_argument("--data", choices=["both", "demo", "digits"], default="both")
+    parser.add_argument(
+        "--set",
+        choices=list(RECIPE_SETS),
+        default="main",
+        help="main: before / new default / best knobs; ablation: one knob at a time",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="RECIPE",
+        help="run only these recipes of the set",
+    )
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="raygan-recipe-"))
     sets = {"demo": "demo:target", "digits": None}
@@ -114,7 +150,7 @@ def main() -> None:
         sets["digits"] = str(digits_folder(scratch / "digits-images"))
     rows, runs_out, grids = [], [], []
     for data_name, spec in sets.items():
-        for name, recipe in RECIPES.items():
+        for name, recipe in chosen_recipes(args.set, args.only).items():
             runs = []
             for seed in range(args.seeds):
                 out = scratch / "runs" / data_name / name.replace(" ", "_") / f"seed{seed}"
@@ -127,13 +163,27 @@ def main() -> None:
                 grids.append(grid_of(runs[0]["checkpoint"]))
     print_table(rows)
     # One data set per process lets two runs share a 2-core box (OMP_NUM_THREADS=1 each).
-    name = "recipe" if args.data == "both" else f"recipe_{args.data}"
+    name = "recipe" if args.set == "main" else f"recipe_{args.set}"
+    name = name if args.data == "both" else f"{name}_{args.data}"
+    name = f"{name}_only" if args.only else name  # a partial run keeps the full set's file
     picture = RESULTS / f"{name}.png"
     picture.parent.mkdir(parents=True, exist_ok=True)
     save_image(torch.cat(grids), picture, nrow=GRID_PER_CLASS, padding=1)
-    settings = {"budget": {**BUDGET, "steps": args.steps}, "common": COMMON, "recipes": RECIPES}
+    settings = {
+        "budget": {**BUDGET, "steps": args.steps},
+        "common": COMMON,
+        "recipes": chosen_recipes(args.set, args.only),
+    }
     path = write_results(name, settings, rows, runs=runs_out, picture=str(picture))
     print(f"wrote {path} and {picture} (rows: data x recipe; first seed's grid each)")
+
+
+def chosen_recipes(recipe_set: str, only: list[str] | None) -> dict[str, dict[str, Any]]:
+    recipes = RECIPE_SETS[recipe_set]
+    unknown = set(only or []) - set(recipes)
+    if unknown:
+        raise SystemExit(f"--only: unknown recipes {sorted(unknown)}; choose from {list(recipes)}")
+    return {k: v for k, v in recipes.items() if only is None or k in only}
 
 
 def _short(run: dict) -> str:

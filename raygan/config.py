@@ -31,7 +31,8 @@ class TrialConfig(Strict):
     beta2: float = Field(0.999, ge=0, lt=1)
     freeze_g: int = Field(0, ge=0)
     freeze_d: int = Field(0, ge=0)
-    # The recipe: loss, stabilisers and transfer regularisers (defaults: the plain recipe).
+    # The recipe: loss, stabilisers and transfer regularisers. Defaults: the plain recipe plus
+    # the matching-aware D, which kept the class best in bench/recipe.py (bench/README §7).
     loss: Literal["bce", "hinge"] = "bce"
     d_steps: int = Field(1, ge=1, le=5, description="D updates per G update")
     augment: str = Field("none", description="none | diffaug[:ops] | ada[:ops]")
@@ -40,6 +41,9 @@ class TrialConfig(Strict):
     r1_gamma: float = Field(0.0, ge=0, description="R1 penalty on real images")
     r1_every: int = Field(16, ge=1, description="lazy R1: every N steps, scaled by N")
     lecam_weight: float = Field(0.0, ge=0)
+    mismatch_weight: float = Field(
+        1.0, ge=0, description="matching-aware D: real images with a wrong label are fake"
+    )
     anchor_weight: float = Field(0.0, ge=0, description="L2-SP pull toward pretrained weights")
     norm_affine_only: bool = Field(False, description="train only norm scale/shift + classes")
     eval_every: int = Field(100, ge=1)
@@ -221,6 +225,7 @@ SEARCHABLE = (
     "ema_decay",
     "r1_gamma",
     "lecam_weight",
+    "mismatch_weight",
     "anchor_weight",
     "norm_affine_only",
 )

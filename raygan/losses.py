@@ -12,15 +12,17 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class GanLoss:
-    d: Callable[[Tensor, Tensor], Tensor]  # (real_logits, fake_logits) -> D's loss
+    d_real: Callable[[Tensor], Tensor]  # real_logits -> D's loss for calling them real
+    d_fake: Callable[[Tensor], Tensor]  # fake_logits -> D's loss for calling them fake
     g: Callable[[Tensor], Tensor]  # fake_logits -> G's loss
 
 
-def _bce_d(real: Tensor, fake: Tensor) -> Tensor:
-    # Equal to mean(softplus(-real)) + mean(softplus(fake)), computed stably by torch.
-    return F.binary_cross_entropy_with_logits(
-        real, torch.ones_like(real)
-    ) + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+def _bce_d_real(real: Tensor) -> Tensor:
+    return F.binary_cross_entropy_with_logits(real, torch.ones_like(real))  # mean softplus(-x)
+
+
+def _bce_d_fake(fake: Tensor) -> Tensor:
+    return F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))  # mean softplus(x)
 
 
 def _bce_g(fake: Tensor) -> Tensor:
@@ -28,8 +30,12 @@ def _bce_g(fake: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
 
 
-def _hinge_d(real: Tensor, fake: Tensor) -> Tensor:
-    return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
+def _hinge_d_real(real: Tensor) -> Tensor:
+    return F.relu(1.0 - real).mean()
+
+
+def _hinge_d_fake(fake: Tensor) -> Tensor:
+    return F.relu(1.0 + fake).mean()
 
 
 def _hinge_g(fake: Tensor) -> Tensor:
@@ -37,8 +43,8 @@ def _hinge_g(fake: Tensor) -> Tensor:
 
 
 LOSSES: dict[str, GanLoss] = {
-    "bce": GanLoss(_bce_d, _bce_g),
-    "hinge": GanLoss(_hinge_d, _hinge_g),
+    "bce": GanLoss(_bce_d_real, _bce_d_fake, _bce_g),
+    "hinge": GanLoss(_hinge_d_real, _hinge_d_fake, _hinge_g),
 }
 
 
@@ -50,7 +56,20 @@ def get_loss(name: str) -> GanLoss:
 
 
 def d_loss(name: str, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
-    return get_loss(name).d(real_logits, fake_logits)
+    loss = get_loss(name)
+    return loss.d_real(real_logits) + loss.d_fake(fake_logits)
+
+
+def mismatch_loss(name: str, mismatched_logits: Tensor) -> Tensor:
+    """Matching-aware D (Reed et al. 2016): a real image shown with a wrong label is fake. It
+    makes D's score depend on the label, which is G's only reason to follow it."""
+    return get_loss(name).d_fake(mismatched_logits)
+
+
+def wrong_labels(labels: Tensor, num_classes: int) -> Tensor:
+    """Each label moved to a different class, uniformly among the other classes."""
+    shift = torch.randint(1, num_classes, labels.shape, device=labels.device)
+    return (labels + shift) % num_classes
 
 
 def g_loss(name: str, fake_logits: Tensor) -> Tensor:

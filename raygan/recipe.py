@@ -2,7 +2,8 @@
 toward the pretrained weights, with the running state each keeps (saved with checkpoints).
 
 Every piece talks to the model seam only, so it works for every adapter. The default
-TrialConfig turns them all off, which is the plain BCE recipe.
+TrialConfig turns them all off, which is the plain BCE recipe; the matching-aware D
+(`mismatch_weight`, in `trial.d_update`) is the one default on.
 """
 
 from __future__ import annotations

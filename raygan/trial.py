@@ -24,7 +24,7 @@ from raygan.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from raygan.config import TrialConfig
 from raygan.data import LabeledImages, sample_batches
 from raygan.ema import GeneratorEMA
-from raygan.losses import d_loss, g_loss
+from raygan.losses import d_loss, g_loss, mismatch_loss, wrong_labels
 from raygan.metrics.evaluate import Evaluator, objective
 from raygan.models.seam import GanModel
 from raygan.recipe import Recipe, anchor_penalty, build_recipe, r1_step, restrict_to_norm_affine
@@ -143,11 +143,17 @@ def d_update(
     recipe: Recipe,
 ) -> torch.Tensor:
     model = m.model
+    images, conditions = [real, fake], [labels, labels]
+    if cfg.mismatch_weight > 0 and model.num_classes > 1:
+        images.append(real)
+        conditions.append(wrong_labels(labels, model.num_classes))
     with autocast(real.device):
-        both = recipe.augment.apply(torch.cat([real, fake]))
-        logits = model.discriminate(both, torch.cat([labels, labels]), m.d).float()
-    real_logits, fake_logits = logits[: len(real)], logits[len(real) :]
+        augmented = recipe.augment.apply(torch.cat(images))
+        logits = model.discriminate(augmented, torch.cat(conditions), m.d).float()
+    real_logits, fake_logits, *mismatched = logits.split(len(real))
     loss = d_loss(cfg.loss, real_logits, fake_logits)
+    if mismatched:
+        loss = loss + cfg.mismatch_weight * mismatch_loss(cfg.loss, mismatched[0])
     if recipe.lecam is not None:
         recipe.lecam.update(real_logits.detach(), fake_logits.detach())
         loss = loss + cfg.lecam_weight * recipe.lecam.penalty(real_logits, fake_logits)

@@ -9,7 +9,7 @@ from torch import nn
 
 from raygan.augment import AdaptiveAugment, AugmentPolicy, diff_augment, parse_augment
 from raygan.ema import GeneratorEMA
-from raygan.losses import LOSSES, d_loss, g_loss
+from raygan.losses import LOSSES, d_loss, g_loss, mismatch_loss, wrong_labels
 from raygan.regularizers import Anchor, LeCam, lazy_r1_weight, norm_affine_names, r1_penalty
 
 # --- generator EMA ---------------------------------------------------------------------------
@@ -124,6 +124,19 @@ def test_hinge_losses_match_their_formulas():
     # relu(1 - real) = [0, 1.5, 0.7]; relu(1 + fake) = [0, 1.8, 1.0]
     assert d_loss("hinge", REAL, FAKE).item() == pytest.approx(2.2 / 3 + 2.8 / 3)
     assert g_loss("hinge", FAKE).item() == pytest.approx(-(-1.5 + 0.8 + 0.0) / 3)
+
+
+def test_mismatched_pairs_are_scored_as_fakes_by_either_loss():
+    assert mismatch_loss("bce", REAL).item() == pytest.approx(F.softplus(REAL).mean().item())
+    assert mismatch_loss("hinge", REAL).item() == pytest.approx((3.0 + 0.5 + 1.3) / 3)
+
+
+def test_wrong_labels_always_differ_and_reach_every_other_class():
+    torch.manual_seed(0)
+    labels = torch.full((2000,), 3)
+    wrong = wrong_labels(labels, 5)
+    assert not (wrong == labels).any()
+    assert set(wrong.tolist()) == {0, 1, 2, 4}
 
 
 def test_unknown_loss_names_the_valid_ones():

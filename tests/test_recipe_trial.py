@@ -71,6 +71,7 @@ def test_every_knob_at_once_trains_and_logs_its_signals(tiny_base, tiny_data, tm
         r1_gamma=1.0,
         r1_every=2,
         lecam_weight=0.1,
+        mismatch_weight=1.0,
         anchor_weight=0.01,
     )
     result, reports = run(cfg, tiny_base, tiny_data, tmp_path)
