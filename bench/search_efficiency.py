@@ -42,6 +42,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 from common import RESULTS, print_table, write_results
 from ray import tune
@@ -64,7 +65,8 @@ from raygan.search import (
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "search_spaces" / "demo.yaml"
-ARMS = ("tpe_asha", "random", "seed_recipe", "scratch")
+ARMS = ("tpe_asha", "random", "seed_recipe", "scratch", "random+asha g1", "random+asha g2")
+REPLAYS = {"random+asha g1": 1, "random+asha g2": 2}  # ASHA grace (evaluations) replayed on (b)
 SCRATCH_RECIPE = {
     "lr": PretrainConfig().lr,
     "beta1": PretrainConfig().beta1,
@@ -325,7 +327,8 @@ def plot(curves: Curves, targets: dict[str, float], file: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-    colors = dict(zip(ARMS, ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=True))
+    palette = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
+    colors = dict(zip(ARMS, palette, strict=True))
     units = {
         "cpu_s": "trial compute, CPU-seconds (contended 2-core CPU)",
         "steps": "trial compute, training steps",
@@ -430,6 +433,62 @@ def collect(experiments: list[Path]) -> tuple[Curves, list[dict[str, Any]]]:
     return curves, trials_out
 
 
+def asha_replay(trials: list[dict[str, Any]], grace: int, rf: int = 2) -> list[dict[str, Any]]:
+    """Random search's trials cut as ASHA would have cut them, by Ray's asynchronous rule: in
+    start order, a trial reaching rung `grace * rf**k` (in evaluations; the last evaluation is
+    no rung) stops when its best-so-far is worse than the 1/rf quantile of the scores recorded
+    at that rung before it. The random arm runs every trial to its end, so this shows what
+    early stopping alone would have kept and thrown away, free of the searcher."""
+    rungs: dict[int, list[float]] = {}
+    replayed = []
+    for trial in sorted(trials, key=lambda t: t["start"]):
+        kept: list[dict[str, Any]] = []
+        best = math.inf
+        for n, evaluation in enumerate(trial["evals"], start=1):
+            kept.append(evaluation)
+            best = min(best, evaluation["objective"])
+            if n == len(trial["evals"]) or not is_rung(n, grace, rf):
+                continue
+            recorded = rungs.setdefault(n, [])
+            cut = bool(recorded) and best > float(np.percentile(recorded, 100 / rf))
+            recorded.append(best)
+            if cut:
+                break
+        replayed.append({**trial, "evals": kept})
+    return replayed
+
+
+def is_rung(n: int, grace: int, rf: int) -> bool:
+    while n > grace and n % rf == 0:
+        n //= rf
+    return n == grace
+
+
+def replayed_curves(trials: list[dict[str, Any]]) -> Curves:
+    random_by_seed: dict[int, list[dict[str, Any]]] = {}
+    for t in trials:
+        if t["arm"] == "random":
+            random_by_seed.setdefault(t["seed"], []).append(t)
+    return {
+        arm: {seed: curve(asha_replay(ts, grace)) for seed, ts in random_by_seed.items()}
+        for arm, grace in REPLAYS.items()
+    }
+
+
+def first_rung_agreement(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """How well a random-search trial's first evaluation predicts its best (Spearman rank
+    correlation per seed): what ASHA's first rung bets on."""
+    from scipy.stats import spearmanr
+
+    per_seed = {}
+    for seed in sorted({t["seed"] for t in trials if t["arm"] == "random"}):
+        ts = [t for t in trials if t["arm"] == "random" and t["seed"] == seed]
+        first = [t["evals"][0]["objective"] for t in ts]
+        best = [min(e["objective"] for e in t["evals"]) for t in ts]
+        per_seed[seed] = float(spearmanr(first, best).statistic)
+    return {"per_seed": per_seed, "median": statistics.median(per_seed.values())}
+
+
 def main() -> None:
     args = parse_args()
     if args.reanalyse:  # only redo the tables and the plot from an earlier run's JSON
@@ -456,6 +515,9 @@ def main() -> None:
             else run_all(args, storage)
         )
         curves, trials_out = collect(experiments)
+    curves |= replayed_curves(trials_out)
+    agreement = first_rung_agreement(trials_out)
+    print("first evaluation vs trial best, Spearman rank correlation (random search):", agreement)
     targets = default_targets(curves)
     if args.target_fid:
         targets["given"] = args.target_fid
@@ -475,7 +537,14 @@ def main() -> None:
         settings.pop(transient, None)
     print(
         "wrote",
-        write_results("search_efficiency", settings, rows, curves=curves, trials=trials_out),
+        write_results(
+            "search_efficiency",
+            settings,
+            rows,
+            curves=curves,
+            trials=trials_out,
+            first_rung_agreement=agreement,
+        ),
         "and",
         png,
     )
