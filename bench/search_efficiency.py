@@ -372,15 +372,15 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--trials", type=int, default=4, help="trials per search (demo: 8)")
-    p.add_argument("--steps", type=int, default=30, help="steps per search trial (demo: 400)")
+    p.add_argument("--steps", type=int, default=30, help="steps per search trial (demo: 300)")
     p.add_argument("--eval-every", type=int, default=15, help="(demo: 100)")
     p.add_argument("--eval-samples", type=int, default=500, help="(demo: 500)")
     p.add_argument(
         "--target-fid",
         type=float,
         default=None,
-        help="an extra target FID (always reported: the 'random' and 'seed_recipe' "
-        "targets, see default_targets)",
+        help="an extra target best objective (always reported: random search's median, and "
+        "the worst of random search and of the seed recipe; see default_targets)",
     )
     p.add_argument(
         "--arms",
