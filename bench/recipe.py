@@ -142,6 +142,7 @@ def main() -> None:
         help="run only these recipes of the set",
     )
     args = parser.parse_args()
+    recipes = chosen_recipes(args.set, args.only)
     scratch = Path(tempfile.mkdtemp(prefix="raygan-recipe-"))
     sets = {"demo": "demo:target", "digits": None}
     if args.data != "both":
@@ -150,7 +151,7 @@ def main() -> None:
         sets["digits"] = str(digits_folder(scratch / "digits-images"))
     rows, runs_out, grids = [], [], []
     for data_name, spec in sets.items():
-        for name, recipe in chosen_recipes(args.set, args.only).items():
+        for name, recipe in recipes.items():
             runs = []
             for seed in range(args.seeds):
                 out = scratch / "runs" / data_name / name.replace(" ", "_") / f"seed{seed}"
@@ -172,7 +173,7 @@ def main() -> None:
     settings = {
         "budget": {**BUDGET, "steps": args.steps},
         "common": COMMON,
-        "recipes": chosen_recipes(args.set, args.only),
+        "recipes": recipes,
     }
     path = write_results(name, settings, rows, runs=runs_out, picture=str(picture))
     print(f"wrote {path} and {picture} (rows: data x recipe; first seed's grid each)")

@@ -42,7 +42,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 from common import RESULTS, print_table, write_results
 from ray import tune
@@ -65,8 +64,8 @@ from raygan.search import (
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "search_spaces" / "demo.yaml"
-ARMS = ("tpe_asha", "random", "seed_recipe", "scratch", "random+asha g1", "random+asha g2")
 REPLAYS = {"random+asha g1": 1, "random+asha g2": 2}  # ASHA grace (evaluations) replayed on (b)
+ARMS = ("tpe_asha", "random", "seed_recipe", "scratch", *REPLAYS)
 SCRATCH_RECIPE = {
     "lr": PretrainConfig().lr,
     "beta1": PretrainConfig().beta1,
@@ -434,12 +433,17 @@ def collect(experiments: list[Path]) -> tuple[Curves, list[dict[str, Any]]]:
 
 
 def asha_replay(trials: list[dict[str, Any]], grace: int, rf: int = 2) -> list[dict[str, Any]]:
-    """Random search's trials cut as ASHA would have cut them, by Ray's asynchronous rule: in
-    start order, a trial reaching rung `grace * rf**k` (in evaluations; the last evaluation is
-    no rung) stops when its best-so-far is worse than the 1/rf quantile of the scores recorded
-    at that rung before it. The random arm runs every trial to its end, so this shows what
-    early stopping alone would have kept and thrown away, free of the searcher."""
-    rungs: dict[int, list[float]] = {}
+    """Random search's trials cut as ASHA would have cut them: each trial's best-so-far, one
+    iteration per evaluation, fed in start order to the bracket Ray's `ASHAScheduler` uses (one
+    bracket, the shipped default). The random arm runs every trial to its end, so this shows
+    what early stopping alone would have kept and thrown away, free of the searcher."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+    from ray.tune.schedulers.async_hyperband import _Bracket  # Ray's own rule, not a copy
+
+    evaluations = max(len(t["evals"]) for t in trials)
+    bracket = _Bracket(grace, evaluations, rf, s=0, stop_last_trials=False)
     replayed = []
     for trial in sorted(trials, key=lambda t: t["start"]):
         kept: list[dict[str, Any]] = []
@@ -447,30 +451,26 @@ def asha_replay(trials: list[dict[str, Any]], grace: int, rf: int = 2) -> list[d
         for n, evaluation in enumerate(trial["evals"], start=1):
             kept.append(evaluation)
             best = min(best, evaluation["objective"])
-            if n == len(trial["evals"]) or not is_rung(n, grace, rf):
-                continue
-            recorded = rungs.setdefault(n, [])
-            cut = bool(recorded) and best > float(np.percentile(recorded, 100 / rf))
-            recorded.append(best)
-            if cut:
+            # Tune ends a trial at max_t itself; rewards are negated for mode "min".
+            action = bracket.on_result(SimpleNamespace(trial_id=trial["trial_id"]), n, -best)
+            if n < evaluations and action == TrialScheduler.STOP:
                 break
         replayed.append({**trial, "evals": kept})
     return replayed
 
 
-def is_rung(n: int, grace: int, rf: int) -> bool:
-    while n > grace and n % rf == 0:
-        n //= rf
-    return n == grace
+def random_trials_by_seed(trials: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    by_seed: dict[int, list[dict[str, Any]]] = {}
+    for t in trials:
+        if t["arm"] == "random":
+            by_seed.setdefault(t["seed"], []).append(t)
+    return by_seed
 
 
 def replayed_curves(trials: list[dict[str, Any]]) -> Curves:
-    random_by_seed: dict[int, list[dict[str, Any]]] = {}
-    for t in trials:
-        if t["arm"] == "random":
-            random_by_seed.setdefault(t["seed"], []).append(t)
+    by_seed = random_trials_by_seed(trials)
     return {
-        arm: {seed: curve(asha_replay(ts, grace)) for seed, ts in random_by_seed.items()}
+        arm: {seed: curve(asha_replay(ts, grace)) for seed, ts in by_seed.items()}
         for arm, grace in REPLAYS.items()
     }
 
@@ -481,8 +481,7 @@ def first_rung_agreement(trials: list[dict[str, Any]]) -> dict[str, Any]:
     from scipy.stats import spearmanr
 
     per_seed = {}
-    for seed in sorted({t["seed"] for t in trials if t["arm"] == "random"}):
-        ts = [t for t in trials if t["arm"] == "random" and t["seed"] == seed]
+    for seed, ts in sorted(random_trials_by_seed(trials).items()):
         first = [t["evals"][0]["objective"] for t in ts]
         best = [min(e["objective"] for e in t["evals"]) for t in ts]
         per_seed[seed] = float(spearmanr(first, best).statistic)
