@@ -1,17 +1,20 @@
 """Search efficiency on the demo domains: best objective reached against total trial compute.
 
-Four ways to spend a budget, each over several seeds, all through raygan's own trainable
+Ways to spend a budget, each over several seeds, all through raygan's own trainable
 (`raygan.search.trial_driver`) on one local Ray cluster (2 CPUs, 1 CPU per trial):
 
-  tpe_asha     (a) the shipped demo search: Optuna TPE + ASHA + collapse stopping
-                   (`raygan.search.build_tuner`, search_spaces/demo.yaml), seed recipe first;
+  gp_asha      (a) the shipped demo search (`raygan.search.build_tuner`,
+                   search_spaces/demo.yaml): Optuna GP + ASHA + collapse stopping, seed
+                   recipe first; tpe_asha, random_asha and tpe_asha_before are variants of it
+                   (`VARIANTS`: TPE, random draws, and the default before 2026-11-26);
   random       (b) random search over the same space (Tune's BasicVariantGenerator), no
                    scheduler, no collapse stopping: every trial runs all its steps;
-  seed_recipe  (c) one trial of the seed recipe (lr 1e-5, beta1 0.5, no freezing) for the
-                   whole budget of (b);
+  seed_recipe  (c) one trial of the seed recipe (demo.yaml's) for the whole budget of (b);
   scratch      (d) one trial from a randomly initialised G/D (`raygan.pretrain.
                    initial_checkpoint`) with the recipe of the shipped base (lr 2e-4, betas
                    (0.0, 0.99)) for the whole budget of (b).
+
+Early stopping alone is also replayed on (b)'s complete trials (ASHA, grace 1 and 2).
 
 Compute is "sequential-equivalent": trials are ordered by start; at each evaluation the
 compute spent is the whole compute of the trials started earlier plus this trial's so far.
@@ -23,13 +26,13 @@ minimises). The target of issue 11: the default search (a) reaches random search
 best in at most 0.5x random search's compute, and its own final best is no worse.
 
 The default is a small setting (4 trials x 30 steps, an evaluation every 15 steps, 3 seeds),
-far below the demo search (search_spaces/demo.yaml: 8 trials x 300 steps, evaluation every
-100). The proxy measured in bench/README §4 keeps the demo's trials and evaluations per trial:
+far below the demo search (search_spaces/demo.yaml: 8 trials x 210 steps, evaluation every
+70). The proxy measured in bench/README §4 keeps the demo's trials and evaluations per trial:
 
     python bench/search_efficiency.py
-    python bench/search_efficiency.py --seeds 0 1 2 3 4 --arms tpe_asha random \
+    python bench/search_efficiency.py --seeds 0 1 2 3 4 --arms gp_asha tpe_asha random \
         --trials 8 --steps 90 --eval-every 30
-    python bench/search_efficiency.py --trials 8 --steps 300 --eval-every 100   # demo scale
+    python bench/search_efficiency.py --trials 8 --steps 210 --eval-every 70    # demo scale
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import json
 import math
 import statistics
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +69,22 @@ from raygan.search import (
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "search_spaces" / "demo.yaml"
 REPLAYS = {"random+asha g1": 1, "random+asha g2": 2}  # ASHA grace (evaluations) replayed on (b)
-ARMS = ("tpe_asha", "random", "seed_recipe", "scratch", *REPLAYS)
+# The shipped search and variants of it: overrides of search_spaces/demo.yaml, run through
+# `build_tuner` like the demo itself.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "gp_asha": (),  # as shipped
+    "tpe_asha": ("searcher=tpe",),
+    "random_asha": ("searcher=random",),  # the shipped seed recipe and stopping; random draws
+    # The default until 2026-11-26 (bench/README §4): cut at the first evaluation or at
+    # collapse 0.95, and a seed recipe (lr 1e-5) too slow for the budget.
+    "tpe_asha_before": (
+        "searcher=tpe",
+        "scheduler.grace_evals=1",
+        "trial.collapse_stop=0.95",
+        "seed_recipe.lr=1e-5",
+    ),
+}
+ARMS = (*VARIANTS, "random", "seed_recipe", "scratch", *REPLAYS)
 SCRATCH_RECIPE = {
     "lr": PretrainConfig().lr,
     "beta1": PretrainConfig().beta1,
@@ -117,8 +136,8 @@ def run_config(name: str, storage: Path) -> tune.RunConfig:
 # ---- the arms ------------------------------------------------------------------------------
 
 
-def run_tpe_asha(storage: Path, seed: int, args: argparse.Namespace) -> list[Path]:
-    cfg = demo_search(f"tpe_asha-{seed}", storage, seed, args)
+def run_variant(variant: str, storage: Path, seed: int, args: argparse.Namespace) -> list[Path]:
+    cfg = demo_search(f"{variant}-{seed}", storage, seed, args, *VARIANTS[variant])
     build_tuner(cfg, str(storage), CONCURRENCY, context(cfg, storage)).fit()
     return [storage / cfg.name]
 
@@ -182,7 +201,11 @@ def initial_checkpoint_for_demo(seed: int) -> Any:
     return initial_checkpoint(cfg, load_dataset("demo:target", cfg.resolution).class_names)
 
 
-RUNNERS = {"tpe_asha": run_tpe_asha, "random": run_random, "single": run_single_recipes}
+RUNNERS = {
+    **{variant: partial(run_variant, variant) for variant in VARIANTS},
+    "random": run_random,
+    "single": run_single_recipes,
+}
 
 
 # ---- reading the results ------------------------------------------------------------------
@@ -326,8 +349,8 @@ def plot(curves: Curves, targets: dict[str, float], file: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-    palette = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
-    colors = dict(zip(ARMS, palette, strict=True))
+    palette = plt.get_cmap("tab10").colors
+    colors = dict(zip(ARMS, palette[: len(ARMS)], strict=True))
     units = {
         "cpu_s": "trial compute, CPU-seconds (contended 2-core CPU)",
         "steps": "trial compute, training steps",
@@ -371,8 +394,8 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--trials", type=int, default=4, help="trials per search (demo: 8)")
-    p.add_argument("--steps", type=int, default=30, help="steps per search trial (demo: 300)")
-    p.add_argument("--eval-every", type=int, default=15, help="(demo: 100)")
+    p.add_argument("--steps", type=int, default=30, help="steps per search trial (demo: 210)")
+    p.add_argument("--eval-every", type=int, default=15, help="(demo: 70)")
     p.add_argument("--eval-samples", type=int, default=500, help="(demo: 500)")
     p.add_argument(
         "--target-fid",
@@ -385,7 +408,7 @@ def parse_args() -> argparse.Namespace:
         "--arms",
         nargs="+",
         choices=list(RUNNERS),
-        default=list(RUNNERS),
+        default=["gp_asha", "random", "single"],
         help="which searches to run (single: the seed_recipe and scratch arms)",
     )
     p.add_argument("--storage", type=Path, default=None, help="default: a temporary directory")
@@ -514,6 +537,11 @@ def main() -> None:
             else run_all(args, storage)
         )
         curves, trials_out = collect(experiments)
+    if "random" not in curves:
+        raise SystemExit(
+            f"{storage}: no random-search arm to compare against; rerun with --arms ... random, "
+            "or run it into the same --storage and use --collect-only"
+        )
     curves |= replayed_curves(trials_out)
     agreement = first_rung_agreement(trials_out)
     print("first evaluation vs trial best, Spearman rank correlation (random search):", agreement)

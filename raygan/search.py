@@ -18,7 +18,7 @@ from typing import Any
 
 import ray
 import torch
-from optuna.samplers import GridSampler, TPESampler
+from optuna.samplers import GPSampler, GridSampler, TPESampler
 from ray import tune
 from ray.tune.search import SearchAlgorithm
 
@@ -430,12 +430,13 @@ def build_searcher(cfg: SearchConfig, concurrency: int) -> SearchAlgorithm:
         return BasicVariantGenerator(
             points_to_evaluate=seed_point(cfg), max_concurrent=concurrency, random_state=cfg.seed
         )
+    samplers = {"tpe": tpe_sampler, "gp": gp_sampler, "grid": grid_sampler}
     optuna_search = OptunaSearch(
         metric=METRIC,
         mode=MODE,
         # A grid visits its own points; the seed recipe need not be one of them.
-        points_to_evaluate=seed_point(cfg) if cfg.searcher == "tpe" else None,
-        sampler=tpe_sampler(cfg) if cfg.searcher == "tpe" else grid_sampler(cfg),
+        points_to_evaluate=None if cfg.searcher == "grid" else seed_point(cfg),
+        sampler=samplers[cfg.searcher](cfg),
     )
     return ConcurrencyLimiter(optuna_search, max_concurrent=concurrency)
 
@@ -450,6 +451,12 @@ def tpe_sampler(cfg: SearchConfig) -> TPESampler:
         multivariate=True,
         constant_liar=True,
     )
+
+
+def gp_sampler(cfg: SearchConfig) -> GPSampler:
+    """Gaussian-process Bayesian optimisation, made for budgets of tens of trials; it proposes
+    for running trials too (q-batch expected improvement)."""
+    return GPSampler(seed=cfg.seed, n_startup_trials=startup_trials(cfg.num_trials))
 
 
 def grid_sampler(cfg: SearchConfig) -> GridSampler:

@@ -17,6 +17,15 @@ def test_overrides_are_parsed_as_yaml_scalars_and_validated(tmp_path):
     assert (cfg.lr, cfg.augment, cfg.freeze_d) == (1e-4, "diffaug", 2)
 
 
+def test_exponents_without_a_dot_are_floats_in_files_and_overrides(tmp_path):
+    # YAML 1.1 reads `1e-4` as a string; the seed recipe is checked against the space as given.
+    path = write(tmp_path, SPACE + "seed_recipe: {lr: 2e-4}\n")
+    cfg = load_config(SearchConfig, path, ["trial.lr=3e-4"])
+    assert cfg.seed_recipe == {"lr": 2e-4} and cfg.trial.lr == 3e-4
+    cfg = load_config(SearchConfig, path, ["seed_recipe.lr=5E-4"])
+    assert cfg.seed_recipe == {"lr": 5e-4}
+
+
 def test_dotted_override_reaches_nested_trial_settings(tmp_path):
     cfg = load_config(SearchConfig, write(tmp_path, SPACE), ["trial.steps=50", "num_trials=2"])
     assert cfg.trial.steps == 50 and cfg.num_trials == 2

@@ -67,7 +67,7 @@ def source_like(p: dict) -> float:
 
 
 def test_tpe_choices_differ_between_data_sets_once_past_its_random_start():
-    cfg = config()
+    cfg = config(searcher="tpe")
     startup = startup_trials(cfg.num_trials)
     assert startup == 3
     on_target = drive(cfg, target_like, cfg.num_trials)
@@ -82,10 +82,23 @@ def test_tpe_choices_differ_between_data_sets_once_past_its_random_start():
 
 
 def test_tpe_moves_toward_each_data_sets_optimum():
-    cfg = config(num_trials=24)
+    cfg = config(searcher="tpe", num_trials=24)
     late = slice(12, None)
     on_target, on_source = drive(cfg, target_like, 24), drive(cfg, source_like, 24)
     assert sum(p["freeze_d"] for p in on_target[late]) > sum(p["freeze_d"] for p in on_source[late])
+
+
+def test_gp_the_default_starts_at_the_seed_recipe_then_follows_each_data_set():
+    cfg = config()
+    assert cfg.searcher == "gp"
+    startup = startup_trials(cfg.num_trials)
+    on_target = drive(cfg, target_like, cfg.num_trials)
+    on_source = drive(cfg, source_like, cfg.num_trials)
+    assert on_target[0] == {"lr": 1e-5, "beta1": 0.5, "freeze_d": 0}
+    assert on_target[:startup] == on_source[:startup]
+    late = slice(startup, None)
+    assert sum(p["freeze_d"] for p in on_target[late]) > sum(p["freeze_d"] for p in on_source[late])
+    assert sum(p["lr"] for p in on_target[late]) < sum(p["lr"] for p in on_source[late])
 
 
 def test_grid_visits_every_point_once_and_no_seed_point():
@@ -115,7 +128,7 @@ def test_random_searcher_is_tunes_seeded_generator_with_the_seed_point_first():
             {"searcher": "grid", "space": {"freeze_d": SPACE["freeze_d"]}, "num_trials": 5},
             r"num_trials \(5\) exceeds the grid's 4 points",
         ),
-        ({"scheduler": {"kind": "pbt"}}, "pbt needs `searcher: random` \\(got tpe\\)"),
+        ({"scheduler": {"kind": "pbt"}}, "pbt needs `searcher: random` \\(got gp\\)"),
         (
             {
                 "scheduler": {"kind": "pbt"},
