@@ -256,7 +256,7 @@ def seed_value(spec: Any, trial: TrialConfig, name: str) -> Any:
 
 
 def startup_trials(num_trials: int) -> int:
-    """Random trials before TPE models the space: a quarter of the budget, 2 to 10."""
+    """Random trials before TPE or GP model the space: a quarter of the budget, 2 to 10."""
     return min(10, max(2, num_trials // 4))
 
 
