@@ -49,7 +49,8 @@ def build_scheduler(
             "mode": MODE,
             "time_attr": "training_iteration",  # one iteration = one evaluation
             "max_t": evaluations_per_trial(cfg),
-            "grace_period": sched.grace_evals,
+            # Ray refuses a grace past max_t; a trial that short is never stopped either way.
+            "grace_period": min(sched.grace_evals, evaluations_per_trial(cfg)),
             "reduction_factor": sched.reduction_factor,
             # A trial that reaches its last evaluation ends by itself; stopping it there would
             # kill a Ray Train driver.

@@ -157,6 +157,11 @@ def test_impossible_searcher_and_scheduler_pairs_are_refused_at_load(overrides, 
         config(**overrides)
 
 
+def test_asha_builds_for_trials_shorter_than_its_grace():
+    cfg = config(trial={"steps": 4, "eval_every": 4}, scheduler={"grace_evals": 3})
+    assert isinstance(build_scheduler(cfg, param_space(cfg)), ASHAScheduler)
+
+
 def test_each_scheduler_kind_builds_its_ray_scheduler():
     for overrides, kind in (({}, ASHAScheduler), ({"scheduler": {"kind": "none"}}, FIFOScheduler)):
         cfg = config(**overrides)
