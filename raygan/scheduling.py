@@ -44,13 +44,14 @@ def build_scheduler(
     trials run on Ray Train and must stop themselves."""
     sched = cfg.scheduler
     if sched.kind == "asha":
+        evaluations = evaluations_per_trial(cfg)
         asha = {
             "metric": METRIC,
             "mode": MODE,
             "time_attr": "training_iteration",  # one iteration = one evaluation
-            "max_t": evaluations_per_trial(cfg),
+            "max_t": evaluations,
             # Ray refuses a grace past max_t; a trial that short is never stopped either way.
-            "grace_period": min(sched.grace_evals, evaluations_per_trial(cfg)),
+            "grace_period": min(sched.grace_evals, evaluations),
             "reduction_factor": sched.reduction_factor,
             # A trial that reaches its last evaluation ends by itself; stopping it there would
             # kill a Ray Train driver.
