@@ -14,6 +14,10 @@ bf16). FLOPs per image are counted with torch.utils.flop_counter over one step (
 backward of both updates), so images/s is also given as a fraction of the GPU's bf16 dense
 peak (PEAK_BF16_TFLOPS; 'unknown' for other GPUs).
 
+Compile. raygan's step eager against `compile: true` (torch.compile of G and D) at the first
+batch size, bf16: images/s of each (ABBA), the compile time paid by the first step, and the
+steps a trial must run before compiling pays.
+
 Search. Wall time of `raygan tune search_spaces/demo.yaml` as a subprocess with one GPU per
 trial: a 1-trial search and a 4-trial search (trials run one at a time on one GPU). With
 `workers: 1` raygan runs a trial in its Tune actor: Ray Train's TorchTrainer is for 2+ workers,
@@ -175,7 +179,8 @@ def step_row(
     spec = MODELS[model]
     torch.manual_seed(0)
     base = spec.base(sizes)
-    cfg = TrialConfig(batch_size=batch, lr=2e-4, beta1=0.5)
+    # The plain loop's recipe: without the matching-aware D's extra pass over the real batch.
+    cfg = TrialConfig(batch_size=batch, lr=2e-4, beta1=0.5, mismatch_weight=0.0)
     batches = synthetic_batches(batch, spec.resolution(sizes), device)
     with raygan_precision(precision):
         sides: dict[str, Step] = {
@@ -206,6 +211,49 @@ def step_row(
         "gflop_per_img": flops / batch / 1e9,
         "raygan_tflop_s": achieved,
         "peak_fraction": achieved / peak if peak else "unknown",
+        "samples": samples,
+    }
+
+
+def first_step_s(step: Step, batches: Iterator, device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    step(*next(batches))
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def compile_row(model: str, batch: int, sizes: Sizes, device: torch.device) -> dict[str, Any]:
+    """raygan's step eager against `compile: true` (torch.compile of G and D), bf16 on a GPU:
+    the compile time, paid once per trial process, against the per-step gain."""
+    spec = MODELS[model]
+    torch.manual_seed(0)
+    base = spec.base(sizes)
+    batches = synthetic_batches(batch, spec.resolution(sizes), device)
+    sides: dict[str, Step] = {}
+    first: dict[str, float] = {}
+    for name, compiled in (("eager", False), ("compiled", True)):
+        cfg = TrialConfig(batch_size=batch, lr=2e-4, beta1=0.5, compile=compiled)
+        sides[name] = RayganStep(base, cfg, device)
+        first[name] = first_step_s(sides[name], batches, device)
+        for _ in range(sizes.warmup):
+            sides[name](*next(batches))
+    samples: dict[str, list[float]] = {name: [] for name in sides}
+    for rep in range(sizes.reps):
+        for name in sides if rep % 2 == 0 else reversed(sides):
+            samples[name].append(images_per_s(sides[name], batches, sizes.steps, device))
+    eager, compiled = (statistics.median(samples[name]) for name in sides)
+    step_gain_s = batch / eager - batch / compiled
+    compile_s = first["compiled"] - first["eager"]
+    return {
+        "model": model,
+        "batch": batch,
+        "eager_img_s": eager,
+        "compiled_img_s": compiled,
+        "speedup": compiled / eager,
+        "compile_s": compile_s,
+        # Steps a trial must run before compiling pays; None: it never does.
+        "break_even_steps": compile_s / step_gain_s if step_gain_s > 0 else None,
         "samples": samples,
     }
 
@@ -314,6 +362,8 @@ def main() -> None:
             "peak_fraction",
         ],
     )
+    compiles = [compile_row(model, sizes.batches[0], sizes, device) for model in MODELS]
+    print_table(compiles, [k for k in compiles[0] if k != "samples"])
     searches: list[dict[str, Any]] = []
     cache_s = None
     if args.with_ray if args.dry_run else not args.skip_ray:
@@ -341,7 +391,12 @@ def main() -> None:
         else "one GPU; ratios are measured interleaved within one run"
     )
     out = args.out or RESULTS / "gpu.json"
-    print("wrote", write_results("gpu", settings, rows, path=out, note=note, searches=searches))
+    print(
+        "wrote",
+        write_results(
+            "gpu", settings, rows, path=out, note=note, searches=searches, compiles=compiles
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ cancels.
 
     python bench/step_throughput.py                       # small: batch 16 and 32, 5 reps
     python bench/step_throughput.py --reps 20 --steps 50  # tighter numbers
+    python bench/step_throughput.py --compile             # also raygan's step with compile: true
 """
 
 from __future__ import annotations
@@ -146,16 +147,21 @@ def interleaved_rep(
 
 def measure(batch_size: int, args: argparse.Namespace, device: torch.device) -> dict:
     base = load_base("demo")
-    cfg = TrialConfig(batch_size=batch_size, lr=2e-4, beta1=0.5)
+    # The plain loop's recipe: without the matching-aware D's extra pass over the real batch.
+    cfg = TrialConfig(batch_size=batch_size, lr=2e-4, beta1=0.5, mismatch_weight=0.0)
     sides: dict[str, RayganStep | PlainLoop] = {
         "raygan": RayganStep(base, cfg, device),
         "plain": PlainLoop(base.build(), cfg, device),
     }
+    if args.compile:
+        compiled = cfg.model_copy(update={"compile": True})
+        sides["raygan_compiled"] = RayganStep(base, compiled, device)
     if args.channels_last:  # weights keep their Parameter objects, so optimisers still match
         for side in sides.values():
             for net in side.networks():
                 net.to(memory_format=torch.channels_last)
     batches = batch_stream(batch_size, device, args.channels_last)
+    first_step_s = {name: timed(side, next(batches), device) for name, side in sides.items()}
     interleaved_rep(sides, batches, args.warmup, device)
     samples: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(args.reps):
@@ -163,7 +169,7 @@ def measure(batch_size: int, args: argparse.Namespace, device: torch.device) -> 
             samples[name].append(value)
     ratios = [r / p for r, p in zip(samples["raygan"], samples["plain"], strict=True)]
     ratio, low, high = median_and_spread(ratios)
-    return {
+    row = {
         "batch": batch_size,
         "raygan_img_s": median_and_spread(samples["raygan"])[0],
         "plain_img_s": median_and_spread(samples["plain"])[0],
@@ -172,7 +178,15 @@ def measure(batch_size: int, args: argparse.Namespace, device: torch.device) -> 
         "ratio_max": high,
         "target": 0.95,
         "samples": samples,
+        "first_step_s": first_step_s,
     }
+    if args.compile:
+        pairs = zip(samples["raygan_compiled"], samples["raygan"], strict=True)
+        speedups = [compiled / eager for compiled, eager in pairs]
+        row["compiled_img_s"] = median_and_spread(samples["raygan_compiled"])[0]
+        row["compiled_speedup"] = median_and_spread(speedups)[0]
+        row["compile_s"] = first_step_s["raygan_compiled"] - first_step_s["raygan"]
+    return row
 
 
 def parse_args() -> argparse.Namespace:
@@ -193,6 +207,11 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="both sides in channels_last memory format (meant for GPU)",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="add a third side: raygan's step with `compile: true`",
+    )
     return p.parse_args()
 
 
@@ -212,6 +231,7 @@ def main() -> None:
             "ratio_min",
             "ratio_max",
             "target",
+            *(["compiled_img_s", "compiled_speedup", "compile_s"] if args.compile else []),
         ],
     )
     settings = {**vars(args), "resolution": 64, "base": "demo"}

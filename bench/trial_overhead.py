@@ -17,6 +17,9 @@ so its own start time hides the actor's start-up. Every search gets a fresh loca
 as `raygan tune` does, and one- and two-worker searches alternate, so both see the same load.
 (A second 2-worker search on the same cluster can hang: see bench/README.md.)
 
+After each round of searches, the same kind of fresh cluster starts a bare 1-CPU actor that only
+imports torch and ray.tune, as every trial process must: the floor under `first_step_s`.
+
     python bench/trial_overhead.py                 # 2 repeats of each kind
     python bench/trial_overhead.py --repeats 5 --steps 20
 """
@@ -195,6 +198,30 @@ def measure(
     }
 
 
+@ray.remote(num_cpus=1)
+class BareTrialProcess:
+    """What every one-worker trial process is before raygan runs in it: a fresh 1-CPU actor
+    that imports torch and ray.tune (Tune's function trainable wraps the trial function)."""
+
+    def imports(self) -> int:
+        import ray.tune  # noqa: F401
+        import torch  # noqa: F401
+
+        return os.getpid()
+
+
+def measure_floor(rep: int) -> dict[str, Any]:
+    """Seconds from asking a fresh local cluster for such an actor to its imports done: the
+    part of `first_step_s` that no change inside raygan can remove."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        start = time.time()
+        ray.get(BareTrialProcess.remote().imports.remote())
+        return {"rep": rep, "bare_actor_imports_s": time.time() - start}
+    finally:
+        ray.shutdown()
+
+
 def actors_reused(experiment: Path) -> bool:
     """Whether Tune ran this experiment with reuse_actors, from its saved state."""
     state_file = max(experiment.glob("experiment_state-*.json"), key=os.path.getmtime)
@@ -279,18 +306,23 @@ def main() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(PROBES_DIR), os.environ.get("PYTHONPATH")) if p
     )
-    rows = []
+    rows, floors = [], []
     for rep in range(args.repeats):
         order = args.workers if rep % 2 == 0 else list(reversed(args.workers))
         for workers in order:
             rows.append(measure(workers, rep, scratch / "runs", probes, args))
             print_table([{k: v for k, v in rows[-1].items() if k != "events"}])
+        floors.append(measure_floor(rep))
+        print_table([floors[-1]])
     sequences = []
     for rep in range(args.repeats if args.sequence > 1 else 0):
         for reuse in (False, True) if rep % 2 == 0 else (True, False):
             sequences.append(measure_sequence(reuse, rep, scratch / "runs", probes, args))
             print_table([sequences[-1]])
     summary = summarise(rows)
+    floor = statistics.median(f["bare_actor_imports_s"] for f in floors)
+    for row in summary:
+        row["bare_actor_imports_s"] = floor
     print("\nseconds from the Tuner.fit() call (medians; ray_init_s is once per search):")
     print_table(summary)
     print(
@@ -300,7 +332,9 @@ def main() -> None:
     print_table(sequences)
     print(
         "wrote",
-        write_results("trial_overhead", vars(args), summary, runs=rows, sequences=sequences),
+        write_results(
+            "trial_overhead", vars(args), summary, runs=rows, sequences=sequences, floors=floors
+        ),
     )
 
 

@@ -47,6 +47,8 @@ class TrialConfig(Strict):
     )
     anchor_weight: float = Field(0.0, ge=0, description="L2-SP pull toward pretrained weights")
     norm_affine_only: bool = Field(False, description="train only norm scale/shift + classes")
+    # Off: on CPU, compiling took 17-53 s and the step ran 0.91-1.02x as fast (bench/README §1).
+    compile: bool = Field(False, description="torch.compile G and D for the training step")
     eval_every: int = Field(100, ge=1)
     checkpoint_every: int | None = Field(None, ge=1, description="default: eval_every")
     eval_samples: int = Field(500, ge=20)

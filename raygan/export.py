@@ -38,6 +38,7 @@ from raygan.experiment import load_settings
 from raygan.metrics.evaluate import Evaluator, objective
 from raygan.models.pretrained import load_base_and_data
 from raygan.models.seam import GRID_PER_CLASS, class_grid, sample_images
+from raygan.trial import STOPPED_BY_ASHA, default_device
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def trial_status(trial_dir: Path, evaluations: list[dict], steps: int | None) ->
     if not evaluations:
         return "pending", ""
     if steps is not None and last.get("step", 0) < steps:
-        return "stopped", "by ASHA: score behind its rung"
+        return "stopped", STOPPED_BY_ASHA
     return "completed", ""
 
 
@@ -143,8 +144,6 @@ def _cell(value: Any) -> Any:
 def rescore(candidates: list[Candidate], cfg: SearchConfig, experiment: Path) -> list[dict]:
     """Each candidate scored on fresh noise, with the search's data, evaluation settings and
     feature space (the classifier the search trained into the experiment)."""
-    from raygan.trial import default_device
-
     _, data = load_base_and_data(cfg.model, cfg.base, cfg.data, cfg.skip_corrupt)
     trial = cfg.trial
     device = default_device()

@@ -26,11 +26,11 @@ from ray.tune.schedulers import (
 )
 
 from raygan.config import SearchConfig, continuous_names
+from raygan.trial import STOPPED_BY_ASHA
 
 log = logging.getLogger(__name__)
 
 METRIC, CHECKPOINT_METRIC, MODE = "score", "objective", "min"
-STOPPED_BY_ASHA = "by ASHA: score behind its rung"
 BOARD_NAMESPACE = "raygan"
 # How long a trial waits for the scheduler's word on its latest report before it trains on
 # (it then hears a stop at its next report).

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 Report = Callable[[dict[str, Any], Path | None], str | None]
 LOSS_WINDOW = 10  # steps between the cross-rank loss reductions (and NaN checks)
 RAW_FID_EVALUATIONS = 2  # evaluations that also score the raw generator beside its EMA
+# A trial stopped from outside cannot say why itself, so the scheduler and export share this.
+STOPPED_BY_ASHA = "by ASHA: score behind its rung"
 
 
 @dataclass
@@ -52,7 +54,7 @@ class TrialResult:
 @dataclass
 class Models:
     model: GanModel  # the seam: plain G and D, how to call them, what is frozen
-    g: torch.nn.Module  # model.g, DDP-wrapped in a process group
+    g: torch.nn.Module  # model.g, DDP-wrapped in a process group, compiled with `compile`
     d: torch.nn.Module
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
@@ -91,6 +93,9 @@ def build_models(cfg: TrialConfig, base: Checkpoint, device: torch.device) -> Mo
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
         g, d = DDP(g, device_ids=ids), DDP(d, device_ids=ids)
+    if cfg.compile:
+        # Training calls only; evaluation, EMA and checkpoints use the eager modules.
+        g, d = torch.compile(g), torch.compile(d)
     betas = (cfg.beta1, cfg.beta2)
     opt_g = torch.optim.Adam(trainable_parameters(model.g), lr=cfg.g_lr, betas=betas)
     opt_d = torch.optim.Adam(trainable_parameters(model.d), lr=cfg.d_lr, betas=betas)

@@ -1,5 +1,6 @@
 """bench/gpu.py, issue 12's GPU benchmark, stays runnable: its CPU dry run measures both models
-through raygan's step and the plain loop, and writes the rows to the path it is given."""
+through raygan's step and the plain loop, eager and compiled, and writes the rows to the path it
+is given."""
 
 import json
 import subprocess
@@ -15,7 +16,7 @@ def test_gpu_benchmark_dry_run_writes_a_step_row_per_model(tmp_path):
         [sys.executable, str(ROOT / "bench" / "gpu.py"), "--dry-run", "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,  # about 40 s of it compiles the two models
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -26,5 +27,9 @@ def test_gpu_benchmark_dry_run_writes_a_step_row_per_model(tmp_path):
         assert row["raygan_img_s"] > 0 and row["plain_img_s"] > 0
         assert row["ratio"] > 0 and row["gflop_per_img"] > 0
         assert row["peak_fraction"] == "unknown"  # a CPU has no entry in the peak table
+    compiles = {r["model"]: r for r in result["compiles"]}
+    assert set(compiles) == {"builtin", "dcgan"}
+    for row in compiles.values():
+        assert row["eager_img_s"] > 0 and row["compiled_img_s"] > 0 and row["compile_s"] > 0
     assert result["settings"]["dry_run"] is True
     assert result["searches"] == []  # Ray only with --with-ray

@@ -191,10 +191,10 @@ class BuiltinGan(GanModel):
         return cls(replace(ModelConfig(**fields), num_classes=num_classes))
 
     def generate(self, z: torch.Tensor, labels: torch.Tensor, g: Any = None) -> torch.Tensor:
-        return (g or self.g)(z, one_hot(labels, self.num_classes))
+        return (self.g if g is None else g)(z, one_hot(labels, self.num_classes))
 
     def discriminate(self, x: torch.Tensor, labels: torch.Tensor, d: Any = None) -> torch.Tensor:
-        return (d or self.d)(x, one_hot(labels, self.num_classes))
+        return (self.d if d is None else d)(x, one_hot(labels, self.num_classes))
 
     def freeze_groups(self, net: str) -> list[FreezeGroup]:
         blocks = self.net(net).blocks

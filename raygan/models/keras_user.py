@@ -114,12 +114,12 @@ class KerasGan(GanModel):
         return encode_labels(labels, self.num_classes, self._spec.get("labels", "onehot"))
 
     def generate(self, z: torch.Tensor, labels: torch.Tensor, g: Any = None) -> torch.Tensor:
-        net = g or self.g
+        net = self.g if g is None else g
         images = net([z, self.encode(labels)], training=_training(net))
         return images.permute(0, 3, 1, 2)
 
     def discriminate(self, x: torch.Tensor, labels: torch.Tensor, d: Any = None) -> torch.Tensor:
-        net = d or self.d
+        net = self.d if d is None else d
         return flat_logits(
             net([x.permute(0, 2, 3, 1), self.encode(labels)], training=_training(net))
         )

@@ -121,10 +121,10 @@ class TorchGan(GanModel):
         return encode_labels(labels, self.num_classes, self._spec.get("labels", "index"))
 
     def generate(self, z: torch.Tensor, labels: torch.Tensor, g: Any = None) -> torch.Tensor:
-        return (g or self.g)(z, self.encode(labels))
+        return (self.g if g is None else g)(z, self.encode(labels))
 
     def discriminate(self, x: torch.Tensor, labels: torch.Tensor, d: Any = None) -> torch.Tensor:
-        return flat_logits((d or self.d)(x, self.encode(labels)))
+        return flat_logits((self.d if d is None else d)(x, self.encode(labels)))
 
     def freeze_groups(self, net: str) -> list[FreezeGroup]:
         module = self.net(net)
