@@ -233,7 +233,10 @@ def compile_row(model: str, batch: int, sizes: Sizes, device: torch.device) -> d
     sides: dict[str, Step] = {}
     first: dict[str, float] = {}
     for name, compiled in (("eager", False), ("compiled", True)):
-        cfg = TrialConfig(batch_size=batch, lr=2e-4, beta1=0.5, compile=compiled)
+        # The plain loop's recipe, as the step rows and step_throughput.py's compile side.
+        cfg = TrialConfig(
+            batch_size=batch, lr=2e-4, beta1=0.5, mismatch_weight=0.0, compile=compiled
+        )
         sides[name] = RayganStep(base, cfg, device)
         first[name] = first_step_s(sides[name], batches, device)
         for _ in range(sizes.warmup):

@@ -44,6 +44,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "plain (before)": {"mismatch_weight": 0.0},
     "mismatch 1.0 (the new default)": {"mismatch_weight": 1.0},
     "mismatch + ada + r1": {"mismatch_weight": 1.0, "augment": "ada", "r1_gamma": 1.0},
+    # Does more of the one knob that kept the class help more, and does the EMA, which cost
+    # the class without it, cost it with it?
+    "mismatch 2.0": {"mismatch_weight": 2.0},
+    "mismatch + ema": {"mismatch_weight": 1.0, "ema_decay": 0.99},
     # Measured in the first round (bench/README §7): the knobs peers ship, without mismatch.
     "ema + diffaug": {"mismatch_weight": 0.0, "ema_decay": 0.99, "augment": "diffaug"},
     "ema + diffaug + hinge + lecam": {
@@ -141,6 +145,9 @@ def main() -> None:
         metavar="RECIPE",
         help="run only these recipes of the set",
     )
+    parser.add_argument(
+        "--tag", default=None, help="results/recipe_..._only_TAG.*: keeps earlier partial runs"
+    )
     args = parser.parse_args()
     recipes = chosen_recipes(args.set, args.only)
     scratch = Path(tempfile.mkdtemp(prefix="raygan-recipe-"))
@@ -167,6 +174,7 @@ def main() -> None:
     name = "recipe" if args.set == "main" else f"recipe_{args.set}"
     name = name if args.data == "both" else f"{name}_{args.data}"
     name = f"{name}_only" if args.only else name  # a partial run keeps the full set's file
+    name = f"{name}_{args.tag}" if args.tag else name
     picture = RESULTS / f"{name}.png"
     picture.parent.mkdir(parents=True, exist_ok=True)
     save_image(torch.cat(grids), picture, nrow=GRID_PER_CLASS, padding=1)

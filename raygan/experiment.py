@@ -22,6 +22,9 @@ SETTINGS_FILE = "search_config.json"
 # Where trials run, not what they compute or how the search proceeds: a resumed search may
 # move to another cluster.
 MAY_CHANGE_ON_RESUME = ("name", "storage", "cpus_per_worker", "gpus_per_worker", "rescore_top")
+# The stop reason recorded for a trial ASHA stopped: posted by the scheduler for trials that
+# stop themselves, and written by export for those Tune stopped from outside.
+STOPPED_BY_ASHA = "by ASHA: score behind its rung"
 
 
 def save_settings(experiment: Path, cfg: SearchConfig) -> Path:

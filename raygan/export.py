@@ -34,11 +34,10 @@ from torchvision.utils import save_image
 from raygan.checkpoint import SIDECAR, _replace_dir, load_checkpoint
 from raygan.config import SearchConfig
 from raygan.errors import CheckpointError, ConfigError
-from raygan.experiment import load_settings
+from raygan.experiment import STOPPED_BY_ASHA, load_settings
 from raygan.metrics.evaluate import Evaluator, objective
 from raygan.models.pretrained import load_base_and_data
 from raygan.models.seam import GRID_PER_CLASS, class_grid, sample_images
-from raygan.trial import STOPPED_BY_ASHA, default_device
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +143,8 @@ def _cell(value: Any) -> Any:
 def rescore(candidates: list[Candidate], cfg: SearchConfig, experiment: Path) -> list[dict]:
     """Each candidate scored on fresh noise, with the search's data, evaluation settings and
     feature space (the classifier the search trained into the experiment)."""
+    from raygan.trial import default_device
+
     _, data = load_base_and_data(cfg.model, cfg.base, cfg.data, cfg.skip_corrupt)
     trial = cfg.trial
     device = default_device()

@@ -26,7 +26,7 @@ from ray.tune.schedulers import (
 )
 
 from raygan.config import SearchConfig, continuous_names
-from raygan.trial import STOPPED_BY_ASHA
+from raygan.experiment import STOPPED_BY_ASHA
 
 log = logging.getLogger(__name__)
 

@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 Report = Callable[[dict[str, Any], Path | None], str | None]
 LOSS_WINDOW = 10  # steps between the cross-rank loss reductions (and NaN checks)
 RAW_FID_EVALUATIONS = 2  # evaluations that also score the raw generator beside its EMA
-# A trial stopped from outside cannot say why itself, so the scheduler and export share this.
-STOPPED_BY_ASHA = "by ASHA: score behind its rung"
 
 
 @dataclass
@@ -59,6 +57,7 @@ class Models:
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
     sync_buffers: bool = False  # BatchNorm under DDP without SyncBatchNorm: see broadcast_buffers
+    ddp_d: DDP | None = None  # D's DDP wrapper, under `d`'s torch.compile wrapper if any
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -90,17 +89,32 @@ def build_models(cfg: TrialConfig, base: Checkpoint, device: torch.device) -> Mo
         restrict_to_norm_affine(model)
     model.to(device)
     g, d = model.g, model.d
+    ddp_d = None
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
         g, d = DDP(g, device_ids=ids), DDP(d, device_ids=ids)
+        ddp_d = d
     if cfg.compile:
-        # Training calls only; evaluation, EMA and checkpoints use the eager modules.
-        g, d = torch.compile(g), torch.compile(d)
+        g, d = compiled(g), compiled(d)
     betas = (cfg.beta1, cfg.beta2)
     opt_g = torch.optim.Adam(trainable_parameters(model.g), lr=cfg.g_lr, betas=betas)
     opt_d = torch.optim.Adam(trainable_parameters(model.d), lr=cfg.d_lr, betas=betas)
     sync = world > 1 and device.type != "cuda" and has_batchnorm(model)
-    return Models(model, g, d, opt_g, opt_d, sync_buffers=sync)
+    return Models(model, g, d, opt_g, opt_d, sync_buffers=sync, ddp_d=ddp_d)
+
+
+def compiled(net: torch.nn.Module) -> torch.nn.Module:
+    """`net` under torch.compile, for the training step only. The eager module shares its
+    parameters, so evaluation's other batch sizes, R1's double backward, the EMA and the
+    checkpoints (no `_orig_mod.` keys) never touch the compiled graphs."""
+    # A reused trial actor builds new modules every trial; each would add cache entries to
+    # the same forward code until dynamo's recompile limit silently falls back to eager.
+    torch._dynamo.reset()
+    # Inductor sizes its compile workers by the node's cores, not by the trial's share.
+    torch._inductor.config.compile_threads = torch.get_num_threads()
+    # Static shapes: D sees two batch sizes (D and G updates), and dynamic kernels are slower
+    # and rule out CUDA graphs.
+    return torch.compile(net, dynamic=False)
 
 
 def has_batchnorm(model: GanModel) -> bool:
@@ -177,7 +191,7 @@ def g_update(
 ) -> torch.Tensor:
     model = m.model
     # D's gradients from G's step are thrown away, so don't pay for their all-reduce.
-    no_sync = m.d.no_sync() if isinstance(m.d, DDP) else contextlib.nullcontext()
+    no_sync = m.ddp_d.no_sync() if m.ddp_d is not None else contextlib.nullcontext()
     with no_sync, autocast(fake.device):
         logits = model.discriminate(recipe.augment.apply(fake), labels, m.d).float()
         loss = g_loss(cfg.loss, logits)

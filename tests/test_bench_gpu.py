@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_gpu_benchmark_dry_run_writes_a_step_row_per_model(tmp_path):
+def test_gpu_benchmark_dry_run_writes_step_and_compile_rows_per_model(tmp_path):
     out = tmp_path / "gpu.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "gpu.py"), "--dry-run", "--out", str(out)],

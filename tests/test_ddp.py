@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from gloo import run_ranks
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from raygan.checkpoint import load_checkpoint, save_checkpoint
 from raygan.config import TrialConfig
@@ -72,3 +73,28 @@ def test_two_process_ddp_keeps_weights_identical_across_ranks(tiny_base, tmp_pat
     assert not torch.equal(result["losses"][0], result["losses"][1]), "ranks saw the same data"
     assert torch.equal(rank0, rank1)
     assert (out / "checkpoints" / "step-000006" / "raygan.json").exists()
+
+
+def compiled_worker(rank: int, world: int, base_dir: str, out_dir: str) -> None:
+    compile_ = torch.compile  # aot_eager: see tests/test_recipe_trial.py
+    torch.compile = lambda net, **kw: compile_(net, backend="aot_eager", **kw)
+    data = load_dataset("demo:target:200", 32)
+    cfg = TrialConfig(batch_size=8, lr=5e-3, compile=True)
+    m = build_models(cfg, load_checkpoint(base_dir), torch.device("cpu"))
+    assert isinstance(m.ddp_d, DDP) and m.d is not m.ddp_d  # G's update can skip D's all-reduce
+    batches = sample_batches(data, cfg.batch_size, seed=rank)
+    recipe = build_recipe(cfg, m.model)
+    for step in range(1, 4):
+        train_step(m, [next(batches)], cfg, recipe, step)
+    after = flat_weights(m)
+    gathered = [torch.empty_like(after) for _ in range(world)]
+    dist.all_gather(gathered, after)
+    if rank == 0:
+        torch.save({"weights": gathered}, os.path.join(out_dir, "gathered.pt"))
+
+
+def test_compiled_ddp_training_keeps_weights_identical_across_ranks(tiny_base, tmp_path):
+    base_dir = save_checkpoint(tiny_base, tmp_path / "base")
+    run_ranks(compiled_worker, 2, str(base_dir), str(tmp_path))
+    rank0, rank1 = torch.load(tmp_path / "gathered.pt", weights_only=True)["weights"]
+    assert torch.equal(rank0, rank1)
