@@ -24,6 +24,7 @@ from raygan.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from raygan.config import TrialConfig
 from raygan.data import LabeledImages, sample_batches
 from raygan.ema import GeneratorEMA
+from raygan.errors import ConfigError
 from raygan.losses import d_loss, g_loss, mismatch_loss, wrong_labels
 from raygan.metrics.evaluate import Evaluator, objective
 from raygan.models.seam import GanModel
@@ -95,7 +96,7 @@ def build_models(cfg: TrialConfig, base: Checkpoint, device: torch.device) -> Mo
         g, d = DDP(g, device_ids=ids), DDP(d, device_ids=ids)
         ddp_d = d
     if cfg.compile:
-        g, d = compiled(g), compiled(d)
+        g, d = compiled(g, device), compiled(d, device)
     betas = (cfg.beta1, cfg.beta2)
     opt_g = torch.optim.Adam(trainable_parameters(model.g), lr=cfg.g_lr, betas=betas)
     opt_d = torch.optim.Adam(trainable_parameters(model.d), lr=cfg.d_lr, betas=betas)
@@ -103,10 +104,12 @@ def build_models(cfg: TrialConfig, base: Checkpoint, device: torch.device) -> Mo
     return Models(model, g, d, opt_g, opt_d, sync_buffers=sync, ddp_d=ddp_d)
 
 
-def compiled(net: torch.nn.Module) -> torch.nn.Module:
+def compiled(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """`net` under torch.compile, for the training step only. The eager module shares its
     parameters, so evaluation's other batch sizes, R1's double backward, the EMA and the
     checkpoints (no `_orig_mod.` keys) never touch the compiled graphs."""
+    if device.type == "cpu":
+        require_cpp_compiler()
     # A reused trial actor builds new modules every trial; each would add cache entries to
     # the same forward code until dynamo's recompile limit silently falls back to eager.
     torch._dynamo.reset()
@@ -115,6 +118,20 @@ def compiled(net: torch.nn.Module) -> torch.nn.Module:
     # Static shapes: D sees two batch sizes (D and G updates), and dynamic kernels are slower
     # and rule out CUDA graphs.
     return torch.compile(net, dynamic=False)
+
+
+def require_cpp_compiler() -> None:
+    """Inductor's CPU backend builds C++; without a compiler it fails deep in the first step."""
+    from torch._inductor import config, cpp_builder, exc
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        tried = ", ".join(c for c in config.cpp.cxx if c)
+        raise ConfigError(
+            f"compile: no working C++ compiler on this node (tried {tried}); install one, "
+            "set CXX, or turn compile off"
+        ) from None
 
 
 def has_batchnorm(model: GanModel) -> bool:

@@ -2,10 +2,12 @@
 
 import math
 
+import pytest
 import torch
 
 from raygan.checkpoint import load_checkpoint
 from raygan.config import TrialConfig
+from raygan.errors import ConfigError
 from raygan.recipe import build_recipe
 from raygan.regularizers import norm_affine_names
 from raygan.trial import build_models, run_trial, train_step
@@ -141,3 +143,11 @@ def test_compiled_training_step_trains_like_the_eager_one(tiny_base, tiny_data, 
 
 def parameter_vector(model) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for net in (model.g, model.d) for p in net.parameters()])
+
+
+def test_compile_without_a_cpp_compiler_is_a_config_error(tiny_base, monkeypatch):
+    from torch._inductor import config
+
+    monkeypatch.setattr(config.cpp, "cxx", ("raygan-no-such-compiler",))
+    with pytest.raises(ConfigError, match="compile: no working C.. compiler"):
+        build_models(tiny(compile=True), tiny_base, torch.device("cpu"))
