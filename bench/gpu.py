@@ -47,12 +47,11 @@ from typing import Any
 
 import torch
 from common import RESULTS, print_table, write_results
-from step_throughput import PlainLoop, RayganStep, Step
+from step_throughput import PlainLoop, RayganStep, Step, plain_recipe, timed
 from torch.utils.flop_counter import FlopCounterMode
 
 import raygan.trial
 from raygan.checkpoint import Checkpoint
-from raygan.config import TrialConfig
 from raygan.models.builtin import BuiltinGan, ModelConfig
 from raygan.models.torch_user import TorchGan
 
@@ -179,8 +178,7 @@ def step_row(
     spec = MODELS[model]
     torch.manual_seed(0)
     base = spec.base(sizes)
-    # The plain loop's recipe: without the matching-aware D's extra pass over the real batch.
-    cfg = TrialConfig(batch_size=batch, lr=2e-4, beta1=0.5, mismatch_weight=0.0)
+    cfg = plain_recipe(batch)
     batches = synthetic_batches(batch, spec.resolution(sizes), device)
     with raygan_precision(precision):
         sides: dict[str, Step] = {
@@ -215,14 +213,6 @@ def step_row(
     }
 
 
-def first_step_s(step: Step, batches: Iterator, device: torch.device) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    step(*next(batches))
-    synchronize(device)
-    return time.perf_counter() - start
-
-
 def compile_row(model: str, batch: int, sizes: Sizes, device: torch.device) -> dict[str, Any]:
     """raygan's step eager against `compile: true` (torch.compile of G and D), bf16 on a GPU:
     the compile time, paid once per trial process, against the per-step gain."""
@@ -233,12 +223,8 @@ def compile_row(model: str, batch: int, sizes: Sizes, device: torch.device) -> d
     sides: dict[str, Step] = {}
     first: dict[str, float] = {}
     for name, compiled in (("eager", False), ("compiled", True)):
-        # The plain loop's recipe, as the step rows and step_throughput.py's compile side.
-        cfg = TrialConfig(
-            batch_size=batch, lr=2e-4, beta1=0.5, mismatch_weight=0.0, compile=compiled
-        )
-        sides[name] = RayganStep(base, cfg, device)
-        first[name] = first_step_s(sides[name], batches, device)
+        sides[name] = RayganStep(base, plain_recipe(batch, compile=compiled), device)
+        first[name] = timed(sides[name], next(batches), device)
         for _ in range(sizes.warmup):
             sides[name](*next(batches))
     samples: dict[str, list[float]] = {name: [] for name in sides}

@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +104,12 @@ class RayganStep:
         return [self.models.g, self.models.d]
 
 
+def plain_recipe(batch_size: int, **settings: Any) -> TrialConfig:
+    """raygan's trial settings for the work the plain loop does: without the matching-aware
+    D's extra pass over the real batch (`mismatch_weight`, on by default)."""
+    return TrialConfig(batch_size=batch_size, lr=2e-4, beta1=0.5, mismatch_weight=0.0, **settings)
+
+
 def batch_stream(
     batch_size: int, device: torch.device, channels_last: bool, count: int = 8
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -147,8 +154,7 @@ def interleaved_rep(
 
 def measure(batch_size: int, args: argparse.Namespace, device: torch.device) -> dict:
     base = load_base("demo")
-    # The plain loop's recipe: without the matching-aware D's extra pass over the real batch.
-    cfg = TrialConfig(batch_size=batch_size, lr=2e-4, beta1=0.5, mismatch_weight=0.0)
+    cfg = plain_recipe(batch_size)
     sides: dict[str, RayganStep | PlainLoop] = {
         "raygan": RayganStep(base, cfg, device),
         "plain": PlainLoop(base.build(), cfg, device),

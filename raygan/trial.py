@@ -96,7 +96,7 @@ def build_models(cfg: TrialConfig, base: Checkpoint, device: torch.device) -> Mo
         g, d = DDP(g, device_ids=ids), DDP(d, device_ids=ids)
         ddp_d = d
     if cfg.compile:
-        g, d = compiled(g, device), compiled(d, device)
+        g, d = compiled(g, d, device)
     betas = (cfg.beta1, cfg.beta2)
     opt_g = torch.optim.Adam(trainable_parameters(model.g), lr=cfg.g_lr, betas=betas)
     opt_d = torch.optim.Adam(trainable_parameters(model.d), lr=cfg.d_lr, betas=betas)
@@ -104,8 +104,10 @@ def build_models(cfg: TrialConfig, base: Checkpoint, device: torch.device) -> Mo
     return Models(model, g, d, opt_g, opt_d, sync_buffers=sync, ddp_d=ddp_d)
 
 
-def compiled(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """`net` under torch.compile, for the training step only. The eager module shares its
+def compiled(
+    g: torch.nn.Module, d: torch.nn.Module, device: torch.device
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """G and D under torch.compile, for the training step only. The eager modules share their
     parameters, so evaluation's other batch sizes, R1's double backward, the EMA and the
     checkpoints (no `_orig_mod.` keys) never touch the compiled graphs."""
     if device.type == "cpu":
@@ -117,7 +119,7 @@ def compiled(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     torch._inductor.config.compile_threads = torch.get_num_threads()
     # Static shapes: D sees two batch sizes (D and G updates), and dynamic kernels are slower
     # and rule out CUDA graphs.
-    return torch.compile(net, dynamic=False)
+    return torch.compile(g, dynamic=False), torch.compile(d, dynamic=False)
 
 
 def require_cpp_compiler() -> None:
