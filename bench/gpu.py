@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import statistics
@@ -79,7 +80,9 @@ class Sizes:
     search_trials: tuple[int, ...]  # trials per timed search
 
 
-GPU = Sizes((64, 256), ("bf16", "fp32"), 20, 5, 5, 64, 64, 64, 200, 64, 500, (1, 4))
+# Timed blocks of 50 steps: at batch 64 a step is bound by kernel launches, and blocks of 20
+# (0.4 s) swung 0.82-1.10x with the host's jitter.
+GPU = Sizes((64, 256), ("bf16", "fp32"), 50, 7, 10, 64, 64, 64, 200, 64, 500, (1, 4))
 DRY_RUN = Sizes((4,), ("fp32",), 3, 1, 1, 8, 32, 8, 2, 4, 20, (1, 1))
 
 
@@ -329,41 +332,8 @@ def main() -> None:
     if args.dry_run:
         torch.set_num_threads(1)  # as a 1-CPU trial; more threads crawl on a busy 2-core box
     peak = peak_bf16_tflops(device)
-    rows = [
-        step_row(model, batch, precision, sizes, device, peak)
-        for model in MODELS
-        for batch in sizes.batches
-        for precision in sizes.precisions
-    ]
-    print_table(
-        rows,
-        [
-            "model",
-            "batch",
-            "precision",
-            "raygan_img_s",
-            "plain_img_s",
-            "ratio",
-            "ratio_min",
-            "target",
-            "gflop_per_img",
-            "raygan_tflop_s",
-            "peak_fraction",
-        ],
-    )
-    compiles = [compile_row(model, sizes.batches[0], sizes, device) for model in MODELS]
-    print_table(compiles, [k for k in compiles[0] if k != "samples"])
-    searches: list[dict[str, Any]] = []
-    cache_s = None
-    if args.with_ray if args.dry_run else not args.skip_ray:
-        cache_s = warm_evaluation_cache(sizes)
-        storage = Path(tempfile.mkdtemp(prefix="raygan-bench-gpu-"))
-        gpus = 0 if args.dry_run else 1
-        searches = [
-            search_row(f"search-{i}", n, sizes, gpus, storage)
-            for i, n in enumerate(sizes.search_trials)
-        ]
-        print_table(searches, [k for k in searches[0] if k != "command"])
+    out = args.out or RESULTS / "gpu.json"
+    results: dict[str, list[dict[str, Any]]] = {"rows": [], "searches": [], "compiles": []}
     settings = {
         **asdict(sizes),
         "dry_run": args.dry_run,
@@ -372,20 +342,72 @@ def main() -> None:
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
         "tf32_cudnn": torch.backends.cudnn.allow_tf32,
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
-        "eval_cache_warm_s": cache_s,
+        "eval_cache_warm_s": None,
     }
     note = (
         "dry run on CPU at tiny sizes: checks the script, the numbers mean nothing"
         if args.dry_run
         else "one GPU; ratios are measured interleaved within one run"
     )
-    out = args.out or RESULTS / "gpu.json"
-    print(
-        "wrote",
+    errors: list[str] = []
+
+    def save() -> None:
+        """After every row: a device lease that runs out keeps what was measured."""
         write_results(
-            "gpu", settings, rows, path=out, note=note, searches=searches, compiles=compiles
-        ),
+            "gpu",
+            settings,
+            results["rows"],
+            path=out,
+            note=note,
+            errors=errors,
+            searches=results["searches"],
+            compiles=results["compiles"],
+        )
+
+    def section(name: str, jobs: list[Callable[[], dict[str, Any] | None]]) -> None:
+        for job in jobs:
+            try:
+                row = job()
+            except Exception as exc:  # one broken row must not cost the others' numbers
+                errors.append(f"{name}: {type(exc).__name__}: {exc}")
+                print(f"{name} failed: {exc}", file=sys.stderr)
+            else:
+                if row is not None:
+                    results[name].append(row)
+            save()
+        if results[name]:
+            hidden = ("samples", "command")
+            print_table(results[name], [k for k in results[name][0] if k not in hidden])
+
+    section(
+        "rows",
+        [
+            functools.partial(step_row, model, batch, precision, sizes, device, peak)
+            for model in MODELS
+            for batch in sizes.batches
+            for precision in sizes.precisions
+        ],
     )
+    if args.with_ray if args.dry_run else not args.skip_ray:
+        storage = Path(tempfile.mkdtemp(prefix="raygan-bench-gpu-"))
+        gpus = 0 if args.dry_run else 1
+
+        def warm_cache() -> None:
+            settings["eval_cache_warm_s"] = warm_evaluation_cache(sizes)
+
+        searches = [
+            functools.partial(search_row, f"search-{i}", n, sizes, gpus, storage)
+            for i, n in enumerate(sizes.search_trials)
+        ]
+        section("searches", [warm_cache, *searches])
+    # Last: compiling is the slowest part and the least needed.
+    section(
+        "compiles",
+        [functools.partial(compile_row, m, sizes.batches[0], sizes, device) for m in MODELS],
+    )
+    print("wrote", out)
+    if errors:
+        sys.exit("failed: " + "; ".join(errors))
 
 
 if __name__ == "__main__":

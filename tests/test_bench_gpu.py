@@ -33,3 +33,4 @@ def test_gpu_benchmark_dry_run_writes_step_and_compile_rows_per_model(tmp_path):
         assert row["eager_img_s"] > 0 and row["compiled_img_s"] > 0 and row["compile_s"] > 0
     assert result["settings"]["dry_run"] is True
     assert result["searches"] == []  # Ray only with --with-ray
+    assert result["errors"] == []
