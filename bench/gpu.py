@@ -308,6 +308,9 @@ def search_row(name: str, trials: int, sizes: Sizes, gpus: int, storage: Path) -
     }
 
 
+Job = Callable[[], dict[str, Any] | None]  # one row of a section, or None
+
+
 # ---- main ---------------------------------------------------------------------------------
 
 
@@ -325,6 +328,47 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+class Recorder:
+    """Rows by section, written to `out` after every row: a device lease that runs out keeps
+    what was measured, and a failing row is recorded under `errors` while the others go on."""
+
+    def __init__(self, out: Path, settings: dict[str, Any], note: str) -> None:
+        self.out, self.settings, self.note = out, settings, note
+        self.sections: dict[str, list[dict[str, Any]]] = {
+            "rows": [],
+            "searches": [],
+            "compiles": [],
+        }
+        self.errors: list[str] = []
+
+    def run(self, section: str, jobs: list[Job]) -> None:
+        rows = self.sections[section]
+        for job in jobs:
+            try:
+                row = job()
+            except Exception as exc:  # one broken row must not cost the others' numbers
+                self.errors.append(f"{section}: {type(exc).__name__}: {exc}")
+                print(f"{section} failed: {exc}", file=sys.stderr)
+            else:
+                rows += [row] if row is not None else []
+            self.save()
+        if rows:
+            print_table(rows, [k for k in rows[0] if k not in ("samples", "command")])
+
+    def save(self) -> None:
+        s = self.sections
+        write_results(
+            "gpu",
+            self.settings,
+            s["rows"],
+            path=self.out,
+            note=self.note,
+            errors=self.errors,
+            searches=s["searches"],
+            compiles=s["compiles"],
+        )
+
+
 def main() -> None:
     args = parse_args()
     sizes = DRY_RUN if args.dry_run else GPU
@@ -332,8 +376,6 @@ def main() -> None:
     if args.dry_run:
         torch.set_num_threads(1)  # as a 1-CPU trial; more threads crawl on a busy 2-core box
     peak = peak_bf16_tflops(device)
-    out = args.out or RESULTS / "gpu.json"
-    results: dict[str, list[dict[str, Any]]] = {"rows": [], "searches": [], "compiles": []}
     settings = {
         **asdict(sizes),
         "dry_run": args.dry_run,
@@ -349,37 +391,8 @@ def main() -> None:
         if args.dry_run
         else "one GPU; ratios are measured interleaved within one run"
     )
-    errors: list[str] = []
-
-    def save() -> None:
-        """After every row: a device lease that runs out keeps what was measured."""
-        write_results(
-            "gpu",
-            settings,
-            results["rows"],
-            path=out,
-            note=note,
-            errors=errors,
-            searches=results["searches"],
-            compiles=results["compiles"],
-        )
-
-    def section(name: str, jobs: list[Callable[[], dict[str, Any] | None]]) -> None:
-        for job in jobs:
-            try:
-                row = job()
-            except Exception as exc:  # one broken row must not cost the others' numbers
-                errors.append(f"{name}: {type(exc).__name__}: {exc}")
-                print(f"{name} failed: {exc}", file=sys.stderr)
-            else:
-                if row is not None:
-                    results[name].append(row)
-            save()
-        if results[name]:
-            hidden = ("samples", "command")
-            print_table(results[name], [k for k in results[name][0] if k not in hidden])
-
-    section(
+    record = Recorder(args.out or RESULTS / "gpu.json", settings, note)
+    record.run(
         "rows",
         [
             functools.partial(step_row, model, batch, precision, sizes, device, peak)
@@ -389,25 +402,29 @@ def main() -> None:
         ],
     )
     if args.with_ray if args.dry_run else not args.skip_ray:
-        storage = Path(tempfile.mkdtemp(prefix="raygan-bench-gpu-"))
-        gpus = 0 if args.dry_run else 1
-
-        def warm_cache() -> None:
-            settings["eval_cache_warm_s"] = warm_evaluation_cache(sizes)
-
-        searches = [
-            functools.partial(search_row, f"search-{i}", n, sizes, gpus, storage)
-            for i, n in enumerate(sizes.search_trials)
-        ]
-        section("searches", [warm_cache, *searches])
+        record.run("searches", search_jobs(sizes, 0 if args.dry_run else 1, settings))
     # Last: compiling is the slowest part and the least needed.
-    section(
+    record.run(
         "compiles",
         [functools.partial(compile_row, m, sizes.batches[0], sizes, device) for m in MODELS],
     )
-    print("wrote", out)
-    if errors:
-        sys.exit("failed: " + "; ".join(errors))
+    print("wrote", record.out)
+    if record.errors:
+        sys.exit("failed: " + "; ".join(record.errors))
+
+
+def search_jobs(sizes: Sizes, gpus: int, settings: dict[str, Any]) -> list[Job]:
+    """Warm the evaluation cache (its time goes into `settings`), then each search."""
+    storage = Path(tempfile.mkdtemp(prefix="raygan-bench-gpu-"))
+
+    def warm_cache() -> None:
+        settings["eval_cache_warm_s"] = warm_evaluation_cache(sizes)
+
+    searches = [
+        functools.partial(search_row, f"search-{i}", n, sizes, gpus, storage)
+        for i, n in enumerate(sizes.search_trials)
+    ]
+    return [warm_cache, *searches]
 
 
 if __name__ == "__main__":

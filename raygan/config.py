@@ -47,6 +47,10 @@ class TrialConfig(Strict):
     )
     anchor_weight: float = Field(0.0, ge=0, description="L2-SP pull toward pretrained weights")
     norm_affine_only: bool = Field(False, description="train only norm scale/shift + classes")
+    # Off by default: only the built-in model can grow it (on in search_spaces/demo.yaml).
+    class_norm: bool = Field(
+        False, description="add a per-class scale/shift, zero at start, to G's norms"
+    )
     # Off: on CPU, compiling took 17-53 s and the step ran 0.91-1.02x as fast (bench/README §1).
     compile: bool = Field(False, description="torch.compile G and D for the training step")
     eval_every: int = Field(100, ge=1)
@@ -136,6 +140,11 @@ class FinetuneConfig(TrialConfig):
     model: ModelSpec = RayganModelSpec()
     output: str = "runs/finetune"
     skip_corrupt: bool = False
+
+    @model_validator(mode="after")
+    def _class_norm_on_the_builtin_model(self) -> FinetuneConfig:
+        check_class_norm(self.model, self.class_norm)
+        return self
 
 
 class PretrainConfig(TrialConfig):
@@ -247,6 +256,7 @@ SEARCHABLE = (
     "mismatch_weight",
     "anchor_weight",
     "norm_affine_only",
+    "class_norm",
 )
 
 
@@ -353,6 +363,15 @@ class SearchConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _class_norm_on_the_builtin_model(self) -> SearchConfig:
+        recipe = self.seed_recipe or {}
+        check_class_norm(
+            self.model,
+            self.trial.class_norm or "class_norm" in self.space or recipe.get("class_norm"),
+        )
+        return self
+
+    @model_validator(mode="after")
     def _whole_gpus_for_ddp_workers(self) -> SearchConfig:
         # With a fraction, Ray may pack two workers of one trial onto one GPU, where NCCL
         # refuses to run (and gloo would only share the device).
@@ -427,6 +446,15 @@ class SearchConfig(Strict):
 
 def grid_values(spec: IntRange | Choice) -> list[Any]:
     return list(spec.values) if isinstance(spec, Choice) else list(range(spec.low, spec.high + 1))
+
+
+def check_class_norm(model: RayganModelSpec | TorchModelSpec | KerasModelSpec, used: Any) -> None:
+    """`class_norm` adds layers to G, which only raygan's own architecture can do."""
+    if used and model.adapter != "raygan":
+        raise ValueError(
+            f"class_norm needs the built-in model (model.adapter: raygan), not "
+            f"{model.adapter}: turn it off, or leave it out of the space and seed_recipe"
+        )
 
 
 def grid_size(space: dict[str, Any]) -> int:

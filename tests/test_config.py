@@ -143,3 +143,15 @@ def test_search_paths_become_absolute_so_trials_in_other_directories_find_them(
 
 
 SPACE_OVERRIDE = "space.lr={type: loguniform, low: 1.0e-5, high: 1.0e-3}"
+
+
+@pytest.mark.parametrize(
+    "where", ["trial.class_norm=true", "space.class_norm={type: choice, values: [false, true]}"]
+)
+def test_class_norm_with_a_user_model_is_refused_at_load(where):
+    with pytest.raises(ConfigError, match="class_norm needs the built-in model .* not torch"):
+        load_config(
+            SearchConfig,
+            None,
+            ["model={adapter: torch, factory: 'model.py:build'}", SPACE_OVERRIDE, where],
+        )

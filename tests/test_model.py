@@ -111,3 +111,46 @@ def test_spectral_norm_and_minibatch_stddev_stay_fp32_under_bf16_autocast(monkey
         spread = minibatch_stddev(torch.randn(8, 16, dtype=torch.bfloat16), 4)
     assert seen and all(not on and dtype == torch.float32 for on, dtype in seen), seen
     assert spread.dtype == torch.float32
+
+
+def test_class_norm_starts_as_the_pretrained_generator_and_learns_per_class(tiny_base, tiny_data):
+    from raygan.recipe import build_recipe
+    from raygan.trial import build_models as build_trial_models
+    from raygan.trial import train_step
+
+    base = tiny_base.build()
+    grown = base.with_class_norm()
+    z, labels = torch.randn(6, grown.latent_dim), torch.arange(6) % grown.num_classes
+    assert torch.equal(base.generate(z, labels), grown.generate(z, labels))
+    tables = [t.name for t in grown.conditional_tensors() if ".class_" in t.name]
+    assert len(tables) == 2 * grown.cfg.num_stages  # a gain and a bias per up block
+
+    cfg = TrialConfig(batch_size=8, lr=5e-3, class_norm=True)
+    m = build_trial_models(cfg, tiny_base, torch.device("cpu"))
+    train_step(m, [tiny_data.batch(torch.arange(8))], cfg, build_recipe(cfg, m.model), 1)
+    gains = dict(m.model.g.named_parameters())[tables[0]]
+    assert gains.abs().sum() > 0, "the per-class scale did not train"
+
+
+def test_a_class_norm_checkpoint_rebuilds_with_its_per_class_tables(tiny_base, tmp_path):
+    from raygan.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+
+    grown = tiny_base.build().with_class_norm()
+    for name, p in grown.g.named_parameters():
+        if ".class_" in name:
+            torch.nn.init.normal_(p)
+    saved = save_checkpoint(Checkpoint.of(grown, tiny_base.class_names, {}), tmp_path / "c")
+    rebuilt = load_checkpoint(saved).build()
+    z, labels = torch.randn(4, grown.latent_dim), torch.arange(4) % grown.num_classes
+    assert rebuilt.cfg.class_norm
+    assert torch.equal(rebuilt.generate(z, labels), grown.generate(z, labels))
+
+
+def test_class_norm_on_a_user_model_is_a_config_error():
+    from tiny_models import FACTORY
+
+    from raygan.models.torch_user import TorchGan
+
+    spec = {"adapter": "torch", "factory": FACTORY, "latent_dim": 16, "labels": "index"}
+    with pytest.raises(ConfigError, match="class_norm: only the built-in model"):
+        TorchGan(spec, 3).with_class_norm()

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from aot_eager import without_codegen
 
 from raygan.checkpoint import load_checkpoint
 from raygan.config import TrialConfig
@@ -114,15 +115,8 @@ def test_a_resumed_trial_continues_exactly_as_an_uninterrupted_one(tiny_base, ti
     assert last_resumed["score"] <= first_half["objective"]
 
 
-def aot_eager_compile(monkeypatch) -> None:
-    """torch.compile through dynamo and AOTAutograd, without inductor's C++ codegen (tens of
-    seconds per model here); bench/gpu.py's dry run (tests/test_bench_gpu.py) uses inductor."""
-    compile_ = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda n, **kw: compile_(n, backend="aot_eager", **kw))
-
-
 def test_compiled_training_step_trains_like_the_eager_one(tiny_base, tiny_data, monkeypatch):
-    aot_eager_compile(monkeypatch)
+    monkeypatch.setattr(torch, "compile", without_codegen(torch.compile))
     batch = tiny_data.batch(torch.arange(8))
     start = parameter_vector(tiny_base.build())
     runs = {}

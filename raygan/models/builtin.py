@@ -34,6 +34,7 @@ class ModelConfig:
     resolution: int = 64
     channels: int = 32
     latent_dim: int = 128
+    class_norm: bool = False  # G's norms add a per-class scale and shift (ClassGroupNorm)
 
     def __post_init__(self) -> None:
         if self.resolution not in RESOLUTIONS:
@@ -78,11 +79,38 @@ def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(8, channels), channels)
 
 
-def up_block(in_ch: int, out_ch: int) -> nn.Sequential:
-    return nn.Sequential(
+class ClassGroupNorm(nn.GroupNorm):
+    """GroupNorm with a per-class scale and shift on top, as BigGAN's conditional BatchNorm.
+    Both start at zero, so a pretrained G is unchanged until fine-tuning moves them. The class
+    then reaches every resolution, not only the latent input."""
+
+    def __init__(self, num_groups: int, num_channels: int, num_classes: int) -> None:
+        super().__init__(num_groups, num_channels)
+        self.class_gain = nn.Parameter(torch.zeros(num_classes, num_channels))
+        self.class_bias = nn.Parameter(torch.zeros(num_classes, num_channels))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        gain, bias = (y @ table for table in (self.class_gain, self.class_bias))
+        return super().forward(x) * (1 + gain[:, :, None, None]) + bias[:, :, None, None]
+
+
+class UpBlock(nn.Sequential):
+    """Upsample, conv, norm, activation; the one-hot labels go to a `ClassGroupNorm`."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        for layer in self:
+            x = layer(x, y) if isinstance(layer, ClassGroupNorm) else layer(x)
+        return x
+
+
+def up_block(in_ch: int, out_ch: int, num_classes: int | None) -> UpBlock:
+    """`num_classes`: per-class norms (`ModelConfig.class_norm`); None: plain GroupNorm."""
+    groups = min(8, out_ch)
+    norm = ClassGroupNorm(groups, out_ch, num_classes) if num_classes else _norm(out_ch)
+    return UpBlock(
         nn.Upsample(scale_factor=2, mode="nearest"),
         nn.Conv2d(in_ch, out_ch, 3, padding=1),
-        _norm(out_ch),
+        norm,
         nn.LeakyReLU(0.2),
     )
 
@@ -118,15 +146,19 @@ class Generator(nn.Module):
         blocks: OrderedDict[str, nn.Module] = OrderedDict()
         blocks["input"] = LatentToMap(cfg.latent_dim + cfg.num_classes, cfg.width(4))
         size = 4
+        classes = cfg.num_classes if cfg.class_norm else None
         for i in range(1, cfg.num_stages + 1):
-            blocks[f"up{i}"] = up_block(cfg.width(size), cfg.width(size * 2))
+            blocks[f"up{i}"] = up_block(cfg.width(size), cfg.width(size * 2), classes)
             size *= 2
         blocks["to_rgb"] = nn.Sequential(nn.Conv2d(cfg.width(size), 3, 3, padding=1), nn.Tanh())
         self.blocks = nn.Sequential(blocks)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """z: (N, latent_dim) noise; y: (N, num_classes) one-hot. Returns images in [-1, 1]."""
-        return self.blocks(torch.cat([z, y], dim=1))
+        h = torch.cat([z, y], dim=1)
+        for block in self.blocks:
+            h = block(h, y) if isinstance(block, UpBlock) else block(h)
+        return h
 
 
 class Discriminator(nn.Module):
@@ -202,11 +234,27 @@ class BuiltinGan(GanModel):
 
     def conditional_tensors(self) -> list[ConditionalTensor]:
         projection = "class_projection.parametrizations.weight"
+        class_norms = [
+            ConditionalTensor("generator", f"{name}.{table}", 0)
+            for name, module in self.g.named_modules()
+            if isinstance(module, ClassGroupNorm)
+            for table in ("class_gain", "class_bias")
+        ]
         return [
             ConditionalTensor("generator", "blocks.input.linear.weight", 1, self.latent_dim),
+            *class_norms,
             ConditionalTensor("discriminator", f"{projection}.original", 1),
             ConditionalTensor("discriminator", f"{projection}.0._v", 0),
         ]
+
+    def with_class_norm(self) -> BuiltinGan:
+        if self.cfg.class_norm:
+            return self
+        grown = BuiltinGan(replace(self.cfg, class_norm=True))
+        g, d = self.state_dicts()
+        # Every tensor as pretrained; the new per-class tables keep their zeros.
+        grown.load_state_dicts({**grown.g.state_dict(), **g}, d, "class_norm")
+        return grown
 
     def spec(self) -> dict[str, Any]:
         return {"adapter": self.adapter, **self.cfg.to_dict()}

@@ -88,6 +88,14 @@ class GanModel(ABC):
     def conditional_tensors(self) -> list[ConditionalTensor]:
         return []
 
+    def with_class_norm(self) -> GanModel:
+        """This model with a per-class scale and shift, zero at the start, on G's normalisation
+        layers (`class_norm`). Only an architecture raygan owns can grow new layers."""
+        raise ConfigError(
+            f"class_norm: only the built-in model (adapter: raygan) has it, not adapter "
+            f"{self.adapter}; turn class_norm off"
+        )
+
     def freeze_module(self, module: nn.Module) -> None:
         module.requires_grad_(False)
 
