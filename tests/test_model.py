@@ -144,6 +144,9 @@ def test_a_class_norm_checkpoint_rebuilds_with_its_per_class_tables(tiny_base, t
     z, labels = torch.randn(4, grown.latent_dim), torch.arange(4) % grown.num_classes
     assert rebuilt.cfg.class_norm
     assert torch.equal(rebuilt.generate(z, labels), grown.generate(z, labels))
+    rebuilt.export(tmp_path)  # the serving program carries the tables too
+    program = torch.export.load(tmp_path / "generator.pt2").module()
+    assert torch.allclose(program(z, labels), grown.generate(z, labels), atol=1e-5)
 
 
 def test_class_norm_on_a_user_model_is_a_config_error():
