@@ -73,10 +73,14 @@ class LatentToMap(nn.Module):
         return F.leaky_relu(self.linear(zy), 0.2).view(-1, self.channels, 4, 4)
 
 
-def _norm(channels: int) -> nn.GroupNorm:
+def _norm(channels: int, num_classes: int | None = None) -> nn.GroupNorm:
+    """`num_classes`: with a per-class scale and shift (`ModelConfig.class_norm`)."""
     # GroupNorm rather than BatchNorm: no running statistics, so a frozen block is truly
     # constant, and DDP needs no SyncBatchNorm.
-    return nn.GroupNorm(min(8, channels), channels)
+    groups = min(8, channels)
+    if num_classes:
+        return ClassGroupNorm(groups, channels, num_classes)
+    return nn.GroupNorm(groups, channels)
 
 
 class ClassGroupNorm(nn.GroupNorm):
@@ -104,13 +108,10 @@ class UpBlock(nn.Sequential):
 
 
 def up_block(in_ch: int, out_ch: int, num_classes: int | None) -> UpBlock:
-    """`num_classes`: per-class norms (`ModelConfig.class_norm`); None: plain GroupNorm."""
-    groups = min(8, out_ch)
-    norm = ClassGroupNorm(groups, out_ch, num_classes) if num_classes else _norm(out_ch)
     return UpBlock(
         nn.Upsample(scale_factor=2, mode="nearest"),
         nn.Conv2d(in_ch, out_ch, 3, padding=1),
-        norm,
+        _norm(out_ch, num_classes),
         nn.LeakyReLU(0.2),
     )
 
