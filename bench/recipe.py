@@ -99,8 +99,10 @@ def digits_folder(root: Path, per_class: int = 50) -> Path:
     return root
 
 
-def run_one(data_spec: str, recipe: dict[str, Any], seed: int, steps: int, out: Path) -> dict:
-    base, data = load_base_and_data(RayganModelSpec(), "demo", data_spec, False)
+def run_one(
+    base_spec: str, data_spec: str, recipe: dict[str, Any], seed: int, steps: int, out: Path
+) -> dict:
+    base, data = load_base_and_data(RayganModelSpec(), base_spec, data_spec, False)
     settings = {**BUDGET, "steps": steps, **COMMON, **recipe}
     cfg = TrialConfig(**settings, seed=seed, eval_at_start=False)
     start = time.perf_counter()
@@ -136,6 +138,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=BUDGET["steps"])
     parser.add_argument("--data", choices=["both", "demo", "digits"], default="both")
     parser.add_argument(
+        "--base", default="demo", help="base checkpoint to fine-tune: demo (shipped) or a path"
+    )
+    parser.add_argument(
         "--set",
         choices=list(RECIPE_SETS),
         default="main",
@@ -165,7 +170,7 @@ def main() -> None:
             runs = []
             for seed in range(args.seeds):
                 out = scratch / "runs" / data_name / name.replace(" ", "_") / f"seed{seed}"
-                run = run_one(spec, recipe, seed, args.steps, out)
+                run = run_one(args.base, spec, recipe, seed, args.steps, out)
                 print(f"{data_name} | {name} | seed {seed} | {_short(run)}", flush=True)
                 runs.append(run)
                 runs_out.append({"data": data_name, "recipe": name, "seed": seed, **run})
@@ -182,6 +187,7 @@ def main() -> None:
     picture.parent.mkdir(parents=True, exist_ok=True)
     save_image(torch.cat(grids), picture, nrow=GRID_PER_CLASS, padding=1)
     settings = {
+        "base": args.base,
         "budget": {**BUDGET, "steps": args.steps},
         "common": COMMON,
         "recipes": recipes,

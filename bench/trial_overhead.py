@@ -18,7 +18,8 @@ as `raygan tune` does, and one- and two-worker searches alternate, so both see t
 (A second 2-worker search on the same cluster can hang: see bench/README.md.)
 
 After each round of searches, the same kind of fresh cluster starts a bare 1-CPU actor that only
-imports torch and ray.tune, as every trial process must: the floor under `first_step_s`.
+imports torch and ray.tune, as every trial process must, and then another that also takes one
+step of a 1-parameter torch Adam, which imports torch._dynamo: the floors under `first_step_s`.
 
     python bench/trial_overhead.py                 # 2 repeats of each kind
     python bench/trial_overhead.py --repeats 5 --steps 20
@@ -212,16 +213,39 @@ class BareTrialProcess:
 
         return os.getpid()
 
+    def first_adam_step(self) -> int:
+        """The imports, then one step of a 1-parameter torch Adam: every torch optimizer step
+        imports torch._dynamo (`_use_grad_for_differentiable`), so no trial's first step can
+        end sooner."""
+        import ray.tune  # noqa: F401
+        import torch
+
+        weight = torch.zeros(1, requires_grad=True)
+        optimizer = torch.optim.Adam([weight])
+        weight.sum().backward()
+        optimizer.step()
+        return os.getpid()
+
 
 def measure_floor(rep: int) -> dict[str, Any]:
-    """Seconds from asking a fresh local cluster for such an actor to its imports done: the
-    part of `first_step_s` that no change inside raygan can remove."""
+    """Seconds from asking a fresh local cluster for such an actor to its imports done, and
+    for another fresh actor to one Adam step done: the part of `first_step_s` that no change
+    inside raygan can remove."""
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         time.sleep(FLOOR_SETTLE_S)
-        start = time.time()
-        ray.get(BareTrialProcess.remote().imports.remote())
-        return {"rep": rep, "bare_actor_imports_s": time.time() - start}
+        row: dict[str, Any] = {"rep": rep}
+        for method, column in (
+            ("imports", "bare_actor_imports_s"),
+            ("first_adam_step", "bare_actor_adam_step_s"),
+        ):
+            actor = BareTrialProcess.remote()
+            start = time.time()
+            ray.get(getattr(actor, method).remote())
+            row[column] = time.time() - start
+            ray.kill(actor)
+            time.sleep(2.0)  # the killed actor's process exits before the next one starts
+        return row
     finally:
         ray.shutdown()
 
@@ -324,9 +348,9 @@ def main() -> None:
             sequences.append(measure_sequence(reuse, rep, scratch / "runs", probes, args))
             print_table([sequences[-1]])
     summary = summarise(rows)
-    floor = statistics.median(f["bare_actor_imports_s"] for f in floors)
     for row in summary:
-        row["bare_actor_imports_s"] = floor
+        for column in ("bare_actor_imports_s", "bare_actor_adam_step_s"):
+            row[column] = statistics.median(f[column] for f in floors)
     print("\nseconds from the Tuner.fit() call (medians; ray_init_s is once per search):")
     print_table(summary)
     print(

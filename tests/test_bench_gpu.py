@@ -34,3 +34,20 @@ def test_gpu_benchmark_dry_run_writes_step_and_compile_rows_per_model(tmp_path):
     assert result["settings"]["dry_run"] is True
     assert result["searches"] == []  # Ray only with --with-ray
     assert result["errors"] == []
+
+
+def test_a_failing_gpu_benchmark_row_is_recorded_and_the_rest_are_still_saved(
+    tmp_path, monkeypatch
+):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from gpu import Recorder
+
+    def broken_row():
+        raise RuntimeError("CUDA out of memory")
+
+    out = tmp_path / "gpu.json"
+    recorder = Recorder(out, {"dry_run": True}, note="test")
+    recorder.run("rows", [lambda: {"model": "a"}, broken_row, lambda: {"model": "b"}])
+    saved = json.loads(out.read_text())
+    assert [r["model"] for r in saved["rows"]] == ["a", "b"]
+    assert saved["errors"] == ["rows: RuntimeError: CUDA out of memory"]
