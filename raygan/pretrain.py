@@ -29,7 +29,9 @@ def pretrain(
     progress: bool = False,
     resume_from: Path | None = None,
 ) -> Path:
-    """Train and return the path of the final checkpoint (copied to `export_to` if given)."""
+    """Train and return the checkpoint with the best objective (copied to `export_to` if given),
+    as a search's export picks one: GAN scores swing between evaluations, so the last
+    checkpoint can be a bad one."""
     data = load_dataset(cfg.data, cfg.resolution, cfg.skip_corrupt)
     base = initial_checkpoint(cfg, data.class_names)
     out = Path(cfg.output)
@@ -45,9 +47,9 @@ def pretrain(
     result = run_trial(cfg, base, data, out, report, resume_from=resume_from)
     if bar is not None:
         bar.close()
-    final = out / "checkpoints" / f"step-{result.step:06d}"
+    best = result.best_checkpoint or out / "checkpoints" / f"step-{result.step:06d}"
     if export_to is None:
-        return final
-    ckpt = load_checkpoint(final)
+        return best
+    ckpt = load_checkpoint(best)
     ckpt.state = {"pretrain": cfg.model_dump(), "metrics": ckpt.state.get("metrics", {})}
     return save_checkpoint(ckpt, export_to)
