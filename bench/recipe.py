@@ -51,8 +51,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     # G took the class only at its input; per-class norms carry it to every resolution.
     "mismatch + class_norm": {"mismatch_weight": 1.0, "class_norm": True},
     "mismatch 2.0 + class_norm": {"mismatch_weight": 2.0, "class_norm": True},
-    # Every recipe above draws each class in one colour and pose: a term against exactly that.
-    "mismatch + mode seeking": {"mismatch_weight": 1.0, "diversity_weight": 1.0},
     # Measured in the first round (bench/README §7): the knobs peers ship, without mismatch.
     "ema + diffaug": {"mismatch_weight": 0.0, "ema_decay": 0.99, "augment": "diffaug"},
     "ema + diffaug + hinge + lecam": {

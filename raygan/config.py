@@ -46,9 +46,6 @@ class TrialConfig(Strict):
         1.0, ge=0, description="matching-aware D: real images with a wrong label are fake"
     )
     anchor_weight: float = Field(0.0, ge=0, description="L2-SP pull toward pretrained weights")
-    diversity_weight: float = Field(
-        0.0, ge=0, description="mode-seeking term (MSGAN): one more G pass a step"
-    )
     norm_affine_only: bool = Field(False, description="train only norm scale/shift + classes")
     # Off by default: only the built-in model can grow it (on in search_spaces/demo.yaml).
     class_norm: bool = Field(
@@ -258,7 +255,6 @@ SEARCHABLE = (
     "lecam_weight",
     "mismatch_weight",
     "anchor_weight",
-    "diversity_weight",
     "norm_affine_only",
     "class_norm",
 )

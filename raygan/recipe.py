@@ -31,8 +31,6 @@ class Recipe:
     lecam: LeCam | None
     anchors: dict[str, Anchor]  # per net; empty when anchor_weight is 0
     r1_last: float | None = None  # the last lazy R1 penalty, for logging
-    # The last mode-seeking term, for logging; a tensor, so a GPU step does not sync for it.
-    diversity_last: torch.Tensor | None = None
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"augment": self.augment.state_dict()}
@@ -52,8 +50,6 @@ class Recipe:
             out.update(lecam_ema_real=self.lecam.ema_real, lecam_ema_fake=self.lecam.ema_fake)
         if self.r1_last is not None:
             out["r1"] = self.r1_last
-        if self.diversity_last is not None:
-            out["mode_seeking"] = float(self.diversity_last)
         return out
 
 

@@ -1,8 +1,7 @@
 """Regularisers that keep a fine-tune stable and near its source model.
 
 R1 and LeCam stop D from overfitting the few real images; the anchor (L2-SP) and the
-normalisation-only mode keep the generator close to the pretrained one (few-shot transfer); the
-mode-seeking term pushes G to draw different images of one class from different latents.
+normalisation-only mode keep the generator close to the pretrained one (few-shot transfer).
 Each returns an unweighted term: the training loop owns the weights.
 """
 
@@ -26,14 +25,6 @@ def r1_penalty(real_logits: Tensor, real_images: Tensor) -> Tensor:
     """
     (grad,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)
     return grad.square().flatten(1).sum(1).mean()
-
-
-def mode_seeking_penalty(fake_a: Tensor, fake_b: Tensor, z_a: Tensor, z_b: Tensor) -> Tensor:
-    """MSGAN's term (Mao et al. 2019): 1 / (mean|G(z_a, y) - G(z_b, y)| / mean|z_a - z_b|),
-    for two batches of fakes with the same labels. It grows as G maps different latents of a
-    class to the same image, which is the within-class collapse the matching-aware D leaves."""
-    ratio = (fake_a - fake_b).abs().mean() / (z_a - z_b).abs().mean()
-    return 1.0 / (ratio + 1e-5)
 
 
 def lazy_r1_weight(gamma: float, interval: int) -> float:

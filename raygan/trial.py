@@ -30,7 +30,6 @@ from raygan.losses import d_loss, g_loss, mismatch_loss, wrong_labels
 from raygan.metrics.evaluate import Evaluator, objective
 from raygan.models.seam import GanModel
 from raygan.recipe import Recipe, anchor_penalty, build_recipe, r1_step, restrict_to_norm_affine
-from raygan.regularizers import mode_seeking_penalty
 from raygan.tensorboard import TrialLog
 
 log = logging.getLogger(__name__)
@@ -171,7 +170,7 @@ def train_step(
         loss_d = d_update(m, real, labels, fake.detach(), cfg, recipe)
         if i == 0 and cfg.r1_gamma > 0 and step % cfg.r1_every == 0:
             recipe.r1_last = r1_step(model, m.opt_d, real, labels, cfg, recipe)
-    loss_g = g_update(m, fake, z, labels, cfg, recipe)
+    loss_g = g_update(m, fake, labels, cfg, recipe)
     if m.sync_buffers:
         broadcast_buffers(model)
     if recipe.ema is not None:
@@ -214,12 +213,7 @@ def d_update(
 
 
 def g_update(
-    m: Models,
-    fake: torch.Tensor,
-    z: torch.Tensor,
-    labels: torch.Tensor,
-    cfg: TrialConfig,
-    recipe: Recipe,
+    m: Models, fake: torch.Tensor, labels: torch.Tensor, cfg: TrialConfig, recipe: Recipe
 ) -> torch.Tensor:
     model = m.model
     # D's gradients from G's step are thrown away, so don't pay for their all-reduce.
@@ -227,10 +221,6 @@ def g_update(
     with no_sync, autocast(fake.device):
         logits = model.discriminate(recipe.augment.apply(fake), labels, m.d).float()
         loss = g_loss(cfg.loss, logits)
-        if cfg.diversity_weight > 0:
-            diversity = diversity_term(m, fake, z, labels)
-            recipe.diversity_last = diversity.detach()
-            loss = loss + cfg.diversity_weight * diversity
     anchor = anchor_penalty(recipe, model, "generator")
     if anchor is not None:
         loss = loss + cfg.anchor_weight * anchor
@@ -238,15 +228,6 @@ def g_update(
     loss.backward()
     m.opt_g.step()
     return loss.detach()
-
-
-def diversity_term(
-    m: Models, fake: torch.Tensor, z: torch.Tensor, labels: torch.Tensor
-) -> torch.Tensor:
-    """The mode-seeking term against a second batch of fakes, same labels, fresh latents."""
-    z_b = torch.randn_like(z)
-    fake_b = m.model.generate(z_b, labels, m.g)
-    return mode_seeking_penalty(fake.float(), fake_b.float(), z, z_b)
 
 
 def mean_across_ranks(values: torch.Tensor) -> torch.Tensor:

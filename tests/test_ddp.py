@@ -34,7 +34,6 @@ def worker(rank: int, world: int, base_dir: str, out_dir: str, cache: str) -> No
         eval_samples=40,
         eval_at_start=False,
         class_norm=True,  # the per-class tables it grows are synchronised like any weight
-        diversity_weight=0.1,  # a second G pass before one backward, under DDP
         seed=3,
     )
     # The whole loop: every rank reports rank 0's metrics at each evaluation.

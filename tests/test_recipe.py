@@ -10,14 +10,7 @@ from torch import nn
 from raygan.augment import AdaptiveAugment, AugmentPolicy, diff_augment, parse_augment
 from raygan.ema import GeneratorEMA
 from raygan.losses import LOSSES, d_loss, g_loss, mismatch_loss, wrong_labels
-from raygan.regularizers import (
-    Anchor,
-    LeCam,
-    lazy_r1_weight,
-    mode_seeking_penalty,
-    norm_affine_names,
-    r1_penalty,
-)
+from raygan.regularizers import Anchor, LeCam, lazy_r1_weight, norm_affine_names, r1_penalty
 
 # --- generator EMA ---------------------------------------------------------------------------
 
@@ -168,24 +161,6 @@ def test_r1_penalty_matches_the_hand_computed_gradient():
 
 def test_lazy_r1_weight_scales_by_interval():
     assert lazy_r1_weight(gamma=10.0, interval=16) == pytest.approx(80.0)
-
-
-# --- mode seeking ----------------------------------------------------------------------------
-
-
-def test_mode_seeking_penalty_is_the_inverse_image_to_latent_distance_ratio():
-    z_a, z_b = torch.zeros(2, 4), torch.full((2, 4), 2.0)  # mean |z_a - z_b| = 2
-    fake_a, fake_b = torch.zeros(2, 3, 8, 8), torch.full((2, 3, 8, 8), 0.5)  # mean |.| = 0.5
-    penalty = mode_seeking_penalty(fake_a, fake_b, z_a, z_b)
-    assert penalty.item() == pytest.approx(1 / (0.5 / 2 + 1e-5))
-
-
-def test_mode_seeking_penalty_is_largest_when_different_latents_give_one_image():
-    z_a, z_b = torch.randn(4, 8), torch.randn(4, 8)
-    same = torch.rand(4, 3, 8, 8)
-    collapsed = mode_seeking_penalty(same, same.clone(), z_a, z_b)
-    diverse = mode_seeking_penalty(same, torch.rand(4, 3, 8, 8), z_a, z_b)
-    assert collapsed.item() > 1e4 > diverse.item()
 
 
 # --- LeCam -----------------------------------------------------------------------------------
