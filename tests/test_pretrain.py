@@ -11,7 +11,7 @@ def test_pretrain_exports_the_checkpoint_with_the_best_objective_not_the_last(tm
         data="demo:target:200",
         resolution=32,
         channels=4,
-        steps=8,
+        steps=6,
         batch_size=8,
         eval_every=2,
         eval_samples=100,
@@ -23,6 +23,7 @@ def test_pretrain_exports_the_checkpoint_with_the_best_objective_not_the_last(tm
         for step in sorted((tmp_path / "run" / "checkpoints").iterdir())
     ]
     best = min(history, key=lambda metrics: metrics["objective"])
+    assert best["step"] < history[-1]["step"], "this run must end past its best checkpoint"
     metrics = json.loads((exported / "raygan.json").read_text())["state"]["metrics"]
     assert metrics["step"] == best["step"]
     assert metrics["objective"] == best["objective"]
