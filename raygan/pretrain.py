@@ -12,7 +12,7 @@ from raygan.config import PretrainConfig
 from raygan.data import load_dataset
 from raygan.models.builtin import BuiltinGan, ModelConfig
 from raygan.progress import print_report
-from raygan.trial import run_trial
+from raygan.trial import checkpoint_dir, run_trial
 
 
 def initial_checkpoint(cfg: PretrainConfig, class_names: list[str]) -> Checkpoint:
@@ -47,7 +47,7 @@ def pretrain(
     result = run_trial(cfg, base, data, out, report, resume_from=resume_from)
     if bar is not None:
         bar.close()
-    best = result.best_checkpoint or out / "checkpoints" / f"step-{result.step:06d}"
+    best = result.best_checkpoint or checkpoint_dir(out, result.step)
     if export_to is None:
         return best
     ckpt = load_checkpoint(best)

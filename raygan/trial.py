@@ -430,7 +430,7 @@ def run_trial(
                     "high_collapse": high_collapse,
                 }
                 ckpt = make_checkpoint(m, recipe, data.class_names, state, rng_states)
-                ckpt_dir = save_checkpoint(ckpt, out_dir / "checkpoints" / f"step-{step:06d}")
+                ckpt_dir = save_checkpoint(ckpt, checkpoint_dir(out_dir, step))
             record(result, metrics, ckpt_dir)
         metrics, stop = broadcast_from_rank0((metrics, stop))
         told = broadcast_from_rank0(report(metrics, ckpt_dir) or "")
@@ -477,6 +477,11 @@ def run_trial(
                 result.status, result.reason = status, reason
                 break
     return result
+
+
+def checkpoint_dir(out_dir: Path, step: int) -> Path:
+    """Where a run in `out_dir` keeps its checkpoint of `step`."""
+    return out_dir / "checkpoints" / f"step-{step:06d}"
 
 
 def record(result: TrialResult, metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
