@@ -22,9 +22,12 @@ import torch
 RESULTS = Path(
     os.environ.get("RAYGAN_BENCH_RESULTS") or Path(__file__).resolve().parent / "results"
 )
-CONTENTION_NOTE = (
-    "2-core CPU shared with a concurrently running test suite: absolute times are inflated "
-    "and noisy; compare ratios measured interleaved within one run."
+# What else ran on the machine is not something a script can see: say it in RAYGAN_BENCH_NOTE
+# (e.g. "a test suite ran alongside"), and it is recorded with the numbers.
+DEFAULT_NOTE = (
+    os.environ.get("RAYGAN_BENCH_NOTE")
+    or "no other work declared (set RAYGAN_BENCH_NOTE to record any); absolute CPU times vary "
+    "with load (load_average_at_start): compare ratios measured interleaved within one run."
 )
 
 
@@ -39,7 +42,7 @@ def cpu_model() -> str:
     return "unknown"
 
 
-def machine(note: str = CONTENTION_NOTE) -> dict[str, Any]:
+def machine(note: str = DEFAULT_NOTE) -> dict[str, Any]:
     return {
         "cpu_model": cpu_model(),
         "cpu_cores": os.cpu_count(),
@@ -60,7 +63,7 @@ def write_results(
     settings: dict[str, Any],
     rows: list[dict[str, Any]],
     path: Path | None = None,
-    note: str = CONTENTION_NOTE,
+    note: str = DEFAULT_NOTE,
     **extra: Any,
 ) -> Path:
     """bench/results/<name>.json (or `path`): date, machine, exact command, settings and
