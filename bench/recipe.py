@@ -34,7 +34,7 @@ from torchvision.utils import save_image
 from raygan.checkpoint import load_checkpoint
 from raygan.config import RayganModelSpec, TrialConfig
 from raygan.models.pretrained import load_base_and_data
-from raygan.models.seam import GRID_PER_CLASS, class_grid
+from raygan.models.seam import GRID_PER_CLASS, class_grid, sample_images
 from raygan.trial import run_trial
 
 # The demo search's budget for one trial, with the FreezeD depth and lr of its best trials.
@@ -51,6 +51,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # G took the class only at its input; per-class norms carry it to every resolution.
     "mismatch + class_norm": {"mismatch_weight": 1.0, "class_norm": True},
     "mismatch 2.0 + class_norm": {"mismatch_weight": 2.0, "class_norm": True},
+    # G's norms erase what z put in each sample's channel means; z's own tables put it back.
+    "mismatch + latent_norm": {"mismatch_weight": 1.0, "latent_norm": True},
     # Measured in the first round (bench/README §7): the knobs peers ship, without mismatch.
     "ema + diffaug": {"mismatch_weight": 0.0, "ema_decay": 0.99, "augment": "diffaug"},
     "ema + diffaug + hinge + lecam": {
@@ -107,21 +109,42 @@ def run_one(
     cfg = TrialConfig(**settings, seed=seed, eval_at_start=False)
     start = time.perf_counter()
     result = run_trial(cfg, base, data, out, lambda metrics, checkpoint: None)
+    seconds = time.perf_counter() - start
     best = result.best or {}
+    spread = relative_spread(result.best_checkpoint, data) if result.best_checkpoint else None
     return {
         "fid": best.get("fid"),
         "collapse": best.get("collapse"),
         "class_accuracy": best.get("class_accuracy"),
+        "spread": spread,
         "best_step": best.get("step"),
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
         "checkpoint": result.best_checkpoint,
     }
 
 
+def within_class_spread(images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over classes of the per-pixel standard deviation across that class's images."""
+    return statistics.mean(
+        images[labels == c].float().std(dim=0).mean().item() for c in labels.unique()
+    )
+
+
+def relative_spread(checkpoint: Path, data: Any) -> float:
+    """The generator's within-class pixel spread over the real images': near 1 when each class
+    varies as much as the data does, near 0 when G draws one picture per class whatever z is.
+    Collapse says the same in feature space; this says it in pixels, without a feature net."""
+    model = load_checkpoint(checkpoint).build()
+    labels = torch.arange(BUDGET["eval_samples"]) % data.num_classes
+    fake = sample_images(model, labels, seed=1234)
+    real, real_labels = data.batch(torch.arange(len(data)))
+    return within_class_spread(fake, labels) / within_class_spread(real, real_labels)
+
+
 def summarise(name: str, data: str, runs: list[dict]) -> dict[str, Any]:
     row: dict[str, Any] = {"data": data, "recipe": name, "seeds": len(runs)}
-    for key in ("fid", "collapse", "class_accuracy"):
-        values = [r[key] for r in runs if r[key] is not None]
+    for key in ("fid", "collapse", "class_accuracy", "spread"):
+        values = [r[key] for r in runs if r.get(key) is not None]
         row[key] = statistics.mean(values) if values else None
         row[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
     row["s_per_run"] = statistics.mean(r["seconds"] for r in runs)
@@ -207,7 +230,8 @@ def chosen_recipes(recipe_set: str, only: list[str] | None) -> dict[str, dict[st
 def _short(run: dict) -> str:
     return (
         f"fid {run['fid']:.0f} collapse {run['collapse']:.3f} "
-        f"class acc {run['class_accuracy']:.2f} (step {run['best_step']}, {run['seconds']:.0f}s)"
+        f"class acc {run['class_accuracy']:.2f} spread {run['spread'] or 0:.2f} "
+        f"(step {run['best_step']}, {run['seconds']:.0f}s)"
     )
 
 

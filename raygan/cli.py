@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="train a base model from scratch (no freezing)")
     p.add_argument("config", nargs="?", help="YAML file of PretrainConfig fields")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--export", type=Path, help="also copy the final checkpoint here")
+    p.add_argument("--export", type=Path, help="also copy the best checkpoint (by objective) here")
     p.add_argument("--resume", type=Path, help="checkpoint of this run to continue from")
     p.set_defaults(run=_pretrain)
 
