@@ -42,5 +42,4 @@ def build_demo_base(out: Path) -> Path:
     return pretrain(
         DEMO_PRETRAIN.model_copy(update={"output": str(out.parent / ".demo-base-run")}),
         export_to=out,
-        progress=True,
     )

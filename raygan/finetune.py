@@ -7,7 +7,7 @@ from pathlib import Path
 from raygan.config import FinetuneConfig
 from raygan.fsio import write_json_atomic
 from raygan.models.pretrained import load_base_and_data
-from raygan.progress import print_report
+from raygan.progress import StepProgress, print_report
 from raygan.tensorboard import TrialLog
 from raygan.trial import TrialResult, run_trial
 
@@ -17,7 +17,16 @@ def finetune(cfg: FinetuneConfig, resume_from: Path | None = None) -> TrialResul
     out = Path(cfg.output)
     log = TrialLog(out / "tensorboard", cfg.model_dump())
     try:
-        result = run_trial(cfg, base, data, out, print_report, resume_from=resume_from, log=log)
+        result = run_trial(
+            cfg,
+            base,
+            data,
+            out,
+            print_report,
+            resume_from=resume_from,
+            log=log,
+            progress=StepProgress(cfg.steps),
+        )
     finally:
         log.close()
     summary = {

@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from raygan.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from raygan.config import PretrainConfig
 from raygan.data import load_dataset
 from raygan.models.builtin import BuiltinGan, ModelConfig
-from raygan.progress import print_report
+from raygan.progress import StepProgress, print_report
 from raygan.trial import checkpoint_dir, run_trial
 
 
@@ -24,10 +23,7 @@ def initial_checkpoint(cfg: PretrainConfig, class_names: list[str]) -> Checkpoin
 
 
 def pretrain(
-    cfg: PretrainConfig,
-    export_to: Path | None = None,
-    progress: bool = False,
-    resume_from: Path | None = None,
+    cfg: PretrainConfig, export_to: Path | None = None, resume_from: Path | None = None
 ) -> Path:
     """Train and return the checkpoint with the best objective (copied to `export_to` if given),
     as a search's export picks one: GAN scores swing between evaluations, so the last
@@ -35,18 +31,8 @@ def pretrain(
     data = load_dataset(cfg.data, cfg.resolution, cfg.skip_corrupt)
     base = initial_checkpoint(cfg, data.class_names)
     out = Path(cfg.output)
-    bar = tqdm(total=cfg.steps, desc="pretraining", unit="step") if progress else None
-
-    def report(metrics: dict, checkpoint: Path | None) -> None:
-        if bar is not None:
-            bar.update(metrics["step"] - bar.n)
-            bar.set_postfix(fid=f"{metrics.get('fid', float('nan')):.1f}")
-        else:
-            print_report(metrics, checkpoint)
-
-    result = run_trial(cfg, base, data, out, report, resume_from=resume_from)
-    if bar is not None:
-        bar.close()
+    progress = StepProgress(cfg.steps)
+    result = run_trial(cfg, base, data, out, print_report, resume_from, progress=progress)
     best = result.best_checkpoint or checkpoint_dir(out, result.step)
     if export_to is None:
         return best

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 # report(metrics, checkpoint_dir or None): called on every rank with rank 0's metrics; may
 # return why a scheduler wants the trial stopped now (rank 0's answer counts).
 Report = Callable[[dict[str, Any], Path | None], str | None]
+# progress(step, {"loss_d", "loss_g"}): rank 0, every LOSS_WINDOW steps between evaluations.
+Progress = Callable[[int, dict[str, float]], None]
 LOSS_WINDOW = 10  # steps between the cross-rank loss reductions (and NaN checks)
 RAW_FID_EVALUATIONS = 2  # evaluations that also score the raw generator beside its EMA
 
@@ -337,11 +339,12 @@ def run_trial(
     run_id: str = "",
     device: torch.device | None = None,
     eval_dir: Path | None = None,
+    progress: Progress | None = None,
 ) -> TrialResult:
     """Train from `base` on `data`; checkpoints go under `out_dir`. `log` (rank 0) gets
     TensorBoard scalars and sample grids at each evaluation. `device`: Ray Train's, else
     the first GPU, else the CPU. `eval_dir`: where the search keeps its one evaluation
-    classifier (default: this node's cache)."""
+    classifier (default: this node's cache). `progress`: see Progress."""
     rank, world = rank_and_world()
     device = device or default_device()
     data.require_batch(cfg.batch_size)
@@ -476,6 +479,8 @@ def run_trial(
             if status:
                 result.status, result.reason = status, reason
                 break
+        elif progress is not None and rank == 0:
+            progress(step, losses)
     return result
 
 
