@@ -1,7 +1,7 @@
 """The embedded demo: a base model pretrained on the demo source domain.
 
 The package ships one (made by `raygan pretrain` with DEMO_PRETRAIN below) so the demo starts
-at once; if it is missing, it is built on first use and cached, with a progress bar.
+at once; if it is missing, it is built on first use and cached, printing its progress.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from raygan.metrics.features import cache_dir
 log = logging.getLogger(__name__)
 
 DEMO_BASE = "demo"
-# The shipped base model is `raygan pretrain --export raygan/assets/demo-base` (defaults).
-DEMO_PRETRAIN = PretrainConfig()
+# The shipped base model is
+# `raygan pretrain --set class_norm=true --export raygan/assets/demo-base`.
+DEMO_PRETRAIN = PretrainConfig(class_norm=True)
 
 
 def shipped_base() -> Path:
