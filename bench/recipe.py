@@ -51,8 +51,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     # G took the class only at its input; per-class norms carry it to every resolution.
     "mismatch + class_norm": {"mismatch_weight": 1.0, "class_norm": True},
     "mismatch 2.0 + class_norm": {"mismatch_weight": 2.0, "class_norm": True},
-    # G's norms erase what z put in each sample's channel means; z's own tables put it back.
-    "mismatch + latent_norm": {"mismatch_weight": 1.0, "latent_norm": True},
     # Measured in the first round (bench/README §7): the knobs peers ship, without mismatch.
     "ema + diffaug": {"mismatch_weight": 0.0, "ema_decay": 0.99, "augment": "diffaug"},
     "ema + diffaug + hinge + lecam": {

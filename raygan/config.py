@@ -51,9 +51,6 @@ class TrialConfig(Strict):
     class_norm: bool = Field(
         False, description="add a per-class scale/shift, zero at start, to G's norms"
     )
-    latent_norm: bool = Field(
-        False, description="class_norm, plus a per-sample scale/shift from z, zero at start"
-    )
     # Off: on CPU, compiling took 17-53 s and the step ran 0.91-1.02x as fast (bench/README §1).
     compile: bool = Field(False, description="torch.compile G and D for the training step")
     eval_every: int = Field(100, ge=1)

@@ -81,8 +81,8 @@ def trainable_parameters(net: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 def build_models(cfg: TrialConfig, base: Checkpoint, device: torch.device) -> Models:
     model = base.build()
-    if cfg.class_norm or cfg.latent_norm:
-        model = model.with_class_norm(latent=cfg.latent_norm)
+    if cfg.class_norm:
+        model = model.with_class_norm()
     _, world = rank_and_world()
     if world > 1 and device.type == "cuda":
         # BatchNorm statistics over the global batch. SyncBatchNorm runs on GPUs only; on CPU

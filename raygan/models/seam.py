@@ -88,7 +88,7 @@ class GanModel(ABC):
     def conditional_tensors(self) -> list[ConditionalTensor]:
         return []
 
-    def with_class_norm(self, latent: bool = False) -> GanModel:
+    def with_class_norm(self) -> GanModel:
         """This model with a per-class scale and shift, zero at the start, on G's normalisation
         layers (`class_norm`). Only an architecture raygan owns can grow new layers."""
         raise ConfigError(
