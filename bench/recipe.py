@@ -33,6 +33,7 @@ from torchvision.utils import save_image
 
 from raygan.checkpoint import load_checkpoint
 from raygan.config import RayganModelSpec, TrialConfig
+from raygan.data import LabeledImages, load_dataset
 from raygan.models.pretrained import load_base_and_data
 from raygan.models.seam import GRID_PER_CLASS, class_grid, sample_images
 from raygan.trial import run_trial
@@ -128,7 +129,7 @@ def within_class_spread(images: torch.Tensor, labels: torch.Tensor) -> float:
     )
 
 
-def relative_spread(checkpoint: Path, data: Any) -> float:
+def relative_spread(checkpoint: Path, data: LabeledImages) -> float:
     """The generator's within-class pixel spread over the real images': near 1 when each class
     varies as much as the data does, near 0 when G draws one picture per class whatever z is.
     Collapse says the same in feature space; this says it in pixels, without a feature net."""
@@ -177,7 +178,19 @@ def main() -> None:
     parser.add_argument(
         "--tag", default=None, help="results/recipe_..._only_TAG.*: keeps earlier partial runs"
     )
+    parser.add_argument(
+        "--spread",
+        nargs="+",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="train nothing: the relative spread of these checkpoints on --spread-data",
+    )
+    parser.add_argument(
+        "--spread-data", default="demo:target", help="demo:source, demo:target, or a folder"
+    )
     args = parser.parse_args()
+    if args.spread:
+        return spread_only(args.spread, args.spread_data, args.tag)
     recipes = chosen_recipes(args.set, args.only)
     scratch = Path(tempfile.mkdtemp(prefix="raygan-recipe-"))
     sets = {"demo": "demo:target", "digits": None}
@@ -217,6 +230,17 @@ def main() -> None:
     print(f"wrote {path} and {picture} (rows: data x recipe; first seed's grid each)")
 
 
+def spread_only(checkpoints: list[Path], data_spec: str, tag: str | None) -> None:
+    data = load_dataset(data_spec, resolution=64)
+    rows = [
+        {"checkpoint": str(c), "data": data_spec, "spread": relative_spread(c, data)}
+        for c in checkpoints
+    ]
+    print_table(rows)
+    name = f"recipe_spread_{tag}" if tag else "recipe_spread"
+    print("wrote", write_results(name, {"data": data_spec}, rows))
+
+
 def chosen_recipes(recipe_set: str, only: list[str] | None) -> dict[str, dict[str, Any]]:
     recipes = RECIPE_SETS[recipe_set]
     unknown = set(only or []) - set(recipes)
@@ -228,7 +252,8 @@ def chosen_recipes(recipe_set: str, only: list[str] | None) -> dict[str, dict[st
 def _short(run: dict) -> str:
     return (
         f"fid {run['fid']:.0f} collapse {run['collapse']:.3f} "
-        f"class acc {run['class_accuracy']:.2f} spread {run['spread'] or 0:.2f} "
+        f"class acc {run['class_accuracy']:.2f} spread "
+        f"{'-' if run['spread'] is None else format(run['spread'], '.2f')} "
         f"(step {run['best_step']}, {run['seconds']:.0f}s)"
     )
 

@@ -1,7 +1,8 @@
 """Search efficiency on the demo domains: best objective reached against total trial compute.
 
 Ways to spend a budget, each over several seeds, all through raygan's own trainable
-(`raygan.search.trial_driver`) on one local Ray cluster (2 CPUs, 1 CPU per trial):
+(`raygan.search.trial_driver`) on one local Ray cluster (by default 2 CPUs, 1 CPU per trial,
+2 trials at once; `--concurrency` and `--gpu-share` change that):
 
   gp_asha      (a) the shipped demo search (`raygan.search.build_tuner`,
                    search_spaces/demo.yaml): Optuna GP + ASHA + collapse stopping, seed
@@ -18,8 +19,8 @@ Early stopping alone is also replayed on (b)'s complete trials (ASHA, grace 1 an
 
 Compute is "sequential-equivalent": trials are ordered by start; at each evaluation the
 compute spent is the whole compute of the trials started earlier plus this trial's so far.
-It is counted in CPU-seconds (sum of Tune's `time_total_s`, one CPU per trial) and in training
-steps (free of CPU contention). The arms' order rotates from seed to seed.
+It is counted in trial-seconds (sum of Tune's `time_total_s`; CPU-seconds on the CPU) and in
+training steps (free of CPU contention). The arms' order rotates from seed to seed.
 
 Arms are compared on the best objective so far (FID x (1 + collapse), what the search
 minimises). The target of issue 11: the default search (a) reaches random search's median final
@@ -358,7 +359,7 @@ def plot(curves: Curves, targets: dict[str, float], file: Path) -> None:
     palette = plt.get_cmap("tab10").colors
     colors = dict(zip(ARMS, palette[: len(ARMS)], strict=True))
     units = {
-        "cpu_s": "trial compute, CPU-seconds (contended 2-core CPU)",
+        "cpu_s": "trial compute, trial-seconds",
         "steps": "trial compute, training steps",
     }
     for ax, (unit, label) in zip(axes, units.items(), strict=True):
@@ -396,6 +397,13 @@ def plot(curves: Curves, targets: dict[str, float], file: Path) -> None:
 # ---- main --------------------------------------------------------------------------------
 
 
+def gpu_share(text: str) -> float:
+    share = float(text)
+    if not 0 <= share <= 1:  # the cluster has one GPU: a larger share would wait forever
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return share
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -422,7 +430,7 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument(
         "--gpu-share",
-        type=float,
+        type=gpu_share,
         default=0.0,
         help="each trial's share of one GPU (0: CPU only; 0.5: two trials share the GPU)",
     )
@@ -576,7 +584,8 @@ def main() -> None:
     try:
         plot(curves, targets, png)
     except ImportError as e:  # a lent GPU machine may lack matplotlib: keep the numbers
-        print(f"no plot ({e}); redo it here with --reanalyse on the JSON")
+        print(f"no plot ({e}); redo it where matplotlib is with --reanalyse on the JSON")
+        png.unlink(missing_ok=True)  # an older run's plot must not pass for this one's
     settings = {
         **vars(args),
         "storage": str(storage),
@@ -585,19 +594,15 @@ def main() -> None:
     }
     for transient in ("reanalyse", "collect_only"):
         settings.pop(transient, None)
-    print(
-        "wrote",
-        write_results(
-            "search_efficiency",
-            settings,
-            rows,
-            curves=curves,
-            trials=trials_out,
-            first_rung_agreement=agreement,
-        ),
-        "and",
-        png,
+    path = write_results(
+        "search_efficiency",
+        settings,
+        rows,
+        curves=curves,
+        trials=trials_out,
+        first_rung_agreement=agreement,
     )
+    print("wrote", path, *(["and", png] if png.exists() else []))
 
 
 if __name__ == "__main__":

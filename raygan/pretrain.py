@@ -32,7 +32,9 @@ def pretrain(
     base = initial_checkpoint(cfg, data.class_names)
     out = Path(cfg.output)
     progress = StepProgress(cfg.steps)
-    result = run_trial(cfg, base, data, out, print_report, resume_from, progress=progress)
+    result = run_trial(
+        cfg, base, data, out, print_report, resume_from=resume_from, progress=progress
+    )
     best = result.best_checkpoint or checkpoint_dir(out, result.step)
     if export_to is None:
         return best

@@ -26,7 +26,9 @@ def print_report(metrics: dict[str, Any], checkpoint: Path | None) -> None:
 
 class StepProgress:
     """Between evaluations, a line at most every `every_s` seconds with the step rate and the
-    time left: a pretrain evaluates every 500 steps, which is 8 minutes of silence on a CPU."""
+    time left: a pretrain evaluates every 500 steps, which is 8 minutes of silence on a CPU.
+    The rate is averaged since the first call, evaluations included, so the time left counts
+    the evaluations to come once one has run."""
 
     def __init__(self, total: int, every_s: float = 30.0) -> None:
         self.total = total
@@ -43,9 +45,10 @@ class StepProgress:
             return
         self.last_print = now
         per_step = (now - self.start[1]) / (step - self.start[0])
-        left_min = (self.total - step) * per_step / 60
+        rate = f"{per_step:.2f} s/step" if per_step >= 1 else f"{1 / per_step:.1f} steps/s"
         print(
             f"step {step:>6}/{self.total} | loss_d {losses['loss_d']:.4g} | "
-            f"loss_g {losses['loss_g']:.4g} | {per_step:.2f} s/step | ~{left_min:.0f} min left",
+            f"loss_g {losses['loss_g']:.4g} | {rate} | "
+            f"~{(self.total - step) * per_step / 60:.1f} min left",
             flush=True,
         )
