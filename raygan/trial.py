@@ -328,6 +328,73 @@ def resume_state(
     return {**ckpt.state, "data_rng": training.get("data_rng")}
 
 
+@dataclass
+class TrialJudge:
+    """How a trial judges itself at each evaluation: its score (the best objective so far,
+    since FID swings several-fold between evaluations and a last value ranks by noise) and
+    the run of evaluations above the collapse limit. Restored on resume, so a retried trial
+    stops and ranks exactly as an uninterrupted one."""
+
+    collapse_stop: float | None
+    collapse_patience: int
+    best_so_far: float = math.inf
+    high_collapse: int = 0
+
+    @classmethod
+    def resumed(cls, cfg: TrialConfig, state: dict[str, Any]) -> TrialJudge:
+        return cls(
+            cfg.collapse_stop,
+            cfg.collapse_patience,
+            best_so_far=float(state.get("metrics", {}).get("score", math.inf)),
+            high_collapse=int(state.get("high_collapse", 0)),
+        )
+
+    def assess(self, metrics: dict[str, Any], last_step: bool) -> None:
+        """Adds objective, score, trial_status and stop_reason (why the trial must stop, or
+        "") to an evaluation's `metrics`."""
+        metrics["objective"] = objective(metrics["fid"], metrics["collapse"])
+        if math.isfinite(metrics["objective"]):
+            self.best_so_far = min(self.best_so_far, metrics["objective"])
+        metrics["score"] = self.best_so_far
+        too_high = self.collapse_stop is not None and metrics["collapse"] > self.collapse_stop
+        self.high_collapse = self.high_collapse + 1 if too_high else 0
+        stop = ""
+        if self.high_collapse >= self.collapse_patience:
+            stop = (
+                f"collapse {metrics['collapse']:.3f} > {self.collapse_stop} "
+                f"for {self.high_collapse} evaluations"
+            )
+        metrics["trial_status"] = "collapsed" if stop else "completed" if last_step else "running"
+        metrics["stop_reason"] = stop
+
+
+def seed_training(
+    cfg: TrialConfig, rank: int, world: int, start: int, saved: list | None
+) -> torch.Generator:
+    """Seeds this rank's noise and returns its data-stream generator. On resume, both continue
+    where an uninterrupted run would be (the saved states, one per rank, when the world size
+    is unchanged)."""
+    torch.manual_seed(cfg.seed * 1000 + rank + start)
+    data_rng = torch.Generator().manual_seed(cfg.seed * 1000 + rank + start)
+    if saved is not None and len(saved) == world:
+        data_rng.set_state(saved[rank][0])
+        torch.set_rng_state(saved[rank][1])
+    return data_rng
+
+
+def diverged_metrics(step: int, losses: dict[str, float], reason: str) -> dict[str, Any]:
+    # An inf objective keeps schedulers that require the metric satisfied.
+    return {
+        "step": step,
+        **losses,
+        "fid": math.inf,
+        "objective": math.inf,
+        "score": math.inf,
+        "trial_status": "diverged",
+        "stop_reason": reason,
+    }
+
+
 def run_trial(
     cfg: TrialConfig,
     base: Checkpoint,
@@ -353,92 +420,67 @@ def run_trial(
     recipe = build_recipe(cfg, m.model)
     resumed = resume_state(m, recipe, cfg, resume_from)
     start = int(resumed.get("step", 0))
-    evaluators: list[Evaluator] = []
 
+    @functools.cache
     def evaluator() -> Evaluator:
         """Built at the first evaluation, not before the first step (a trial's start-up cost);
         its RNG use (a classifier trained on a cache miss) must not shift training's noise."""
-        if not evaluators:
-            with torch.random.fork_rng(devices=[]):
-                evaluators.append(
-                    Evaluator(
-                        data,
-                        cfg.eval_samples,
-                        cfg.feature_extractor,
-                        cfg.inception_weights,
-                        device=device,
-                        classifier_dir=eval_dir,
-                    )
-                )
-        return evaluators[0]
+        with torch.random.fork_rng(devices=[]):
+            return Evaluator(
+                data,
+                cfg.eval_samples,
+                cfg.feature_extractor,
+                cfg.inception_weights,
+                device=device,
+                classifier_dir=eval_dir,
+            )
 
-    torch.manual_seed(cfg.seed * 1000 + rank + start)
-    data_rng = torch.Generator().manual_seed(cfg.seed * 1000 + rank + start)
-    saved_rng = resumed.get("data_rng")
-    if saved_rng is not None and len(saved_rng) == world:
-        # The batches and (on CPU) the noise an uninterrupted run would have drawn.
-        data_rng.set_state(saved_rng[rank][0])
-        torch.set_rng_state(saved_rng[rank][1])
+    data_rng = seed_training(cfg, rank, world, start, resumed.get("data_rng"))
     batches = sample_batches(data, cfg.batch_size, generator=data_rng)
     result = TrialResult(status="completed", step=start)
     hparams = cfg.model_dump()
-    # Restored on resume, so a retried trial stops and ranks exactly as an uninterrupted one.
-    high_collapse = int(resumed.get("high_collapse", 0))
-    best_so_far = float(resumed.get("metrics", {}).get("score", math.inf))
+    judge = TrialJudge.resumed(cfg, resumed)
     window, window_steps = torch.zeros(2, device=device), 0
     t0 = time.perf_counter()
+
+    def score(step: int, losses: dict[str, float]) -> dict[str, Any]:
+        """Rank 0: the shipped generator's scores, the recipe's signals and the judgement."""
+        shipped = recipe.ema.module if recipe.ema is not None else None
+        # Scoring draws random numbers (KID's subsets); training's stream must not see them.
+        with torch.random.fork_rng(devices=[]):
+            scores = evaluator().evaluate(m.model, shipped).scalars()
+            if shipped is not None and len(result.history) < RAW_FID_EVALUATIONS:
+                scores["fid_raw"] = evaluator().evaluate(m.model).fid  # what the EMA buys
+        metrics = {"step": step, **losses, **scores, **recipe.signals()}
+        judge.assess(metrics, last_step=step == cfg.steps)
+        metrics["elapsed_s"] = time.perf_counter() - t0
+        if log is not None:
+            log.evaluation(step, metrics, evaluator().sample_grid(m.model, shipped))
+        return metrics
 
     def evaluate_and_report(step: int, losses: dict[str, float]) -> tuple[str, str]:
         """Rank 0 scores and maybe checkpoints; every rank reports. Returns why the trial
         stops: (status, reason), or ("", "") to go on."""
-        nonlocal high_collapse, best_so_far
-        metrics, ckpt_dir, stop = None, None, ""
+        metrics, ckpt_dir = None, None
         rng_states = gather_to_rank0((data_rng.get_state(), torch.get_rng_state()))
         if rank == 0:
-            shipped = recipe.ema.module if recipe.ema is not None else None
-            # Scoring draws random numbers (KID's subsets); training's stream must not see them.
-            with torch.random.fork_rng(devices=[]):
-                scores = evaluator().evaluate(m.model, shipped).scalars()
-                if shipped is not None and len(result.history) < RAW_FID_EVALUATIONS:
-                    scores["fid_raw"] = evaluator().evaluate(m.model).fid  # what the EMA buys
-            metrics = {"step": step, **losses, **scores, **recipe.signals()}
-            metrics["objective"] = objective(metrics["fid"], metrics["collapse"])
-            if math.isfinite(metrics["objective"]):
-                best_so_far = min(best_so_far, metrics["objective"])
-            # The trial's score for schedulers and the searcher: its best objective so far.
-            # FID swings several-fold between evaluations, so a last value ranks by noise.
-            metrics["score"] = best_so_far
-            metrics["elapsed_s"] = time.perf_counter() - t0
-            if cfg.collapse_stop is not None and metrics["collapse"] > cfg.collapse_stop:
-                high_collapse += 1
-            else:
-                high_collapse = 0
-            if high_collapse >= cfg.collapse_patience:
-                stop = (
-                    f"collapse {metrics['collapse']:.3f} > {cfg.collapse_stop} "
-                    f"for {high_collapse} evaluations"
-                )
-            metrics["trial_status"] = (
-                "collapsed" if stop else "completed" if step == cfg.steps else "running"
-            )
-            metrics["stop_reason"] = stop
-            if log is not None:
-                log.evaluation(step, metrics, evaluator().sample_grid(m.model, shipped))
+            metrics = score(step, losses)
+            stop = metrics["stop_reason"]
             if step > start and (step % cfg.checkpoint_interval == 0 or step == cfg.steps or stop):
                 state = {
                     "step": step,
                     "run_id": run_id,
                     "hparams": hparams,
                     "metrics": metrics,
-                    "high_collapse": high_collapse,
+                    "high_collapse": judge.high_collapse,
                 }
                 ckpt = make_checkpoint(m, recipe, data.class_names, state, rng_states)
                 ckpt_dir = save_checkpoint(ckpt, checkpoint_dir(out_dir, step))
             record(result, metrics, ckpt_dir)
-        metrics, stop = broadcast_from_rank0((metrics, stop))
+        metrics = broadcast_from_rank0(metrics)
         told = broadcast_from_rank0(report(metrics, ckpt_dir) or "")
-        if stop:
-            return "collapsed", stop
+        if metrics["stop_reason"]:
+            return "collapsed", metrics["stop_reason"]
         return ("stopped", told) if told else ("", "")
 
     if cfg.eval_at_start and start == 0:
@@ -460,19 +502,7 @@ def run_trial(
         result.step = step
         if not all(math.isfinite(v) for v in losses.values()):
             result.status, result.reason = "diverged", f"non-finite loss at step {step}: {losses}"
-            # inf objective keeps schedulers that require the metric satisfied
-            report(
-                {
-                    "step": step,
-                    **losses,
-                    "fid": math.inf,
-                    "objective": math.inf,
-                    "score": math.inf,
-                    "trial_status": "diverged",
-                    "stop_reason": result.reason,
-                },
-                None,
-            )
+            report(diverged_metrics(step, losses, result.reason), None)
             break
         if due_eval:
             status, reason = evaluate_and_report(step, losses)
