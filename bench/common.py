@@ -72,7 +72,7 @@ def write_results(
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "name": name,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(note),
         "command": command(),
         "settings": settings,

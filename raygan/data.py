@@ -127,16 +127,31 @@ def _is_hidden(name: str) -> bool:
     return name.startswith((".", "__MACOSX"))
 
 
+def _image_files(names: list[str], source: object) -> list[str]:
+    """The names with an image suffix, as torchvision's ImageFolder picks them. The others
+    (Thumbs.db, notes, label files) are left out, with a warning."""
+    images = [n for n in names if PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES]
+    others = sorted(set(names) - set(images))
+    if others:
+        log.warning("%s: left out %d non-image files, e.g. %s", source, len(others), others[0])
+    return images
+
+
 def _folder_records(root: Path) -> list[Record]:
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p.name))
     if not class_dirs:
         raise DataError(f"{root}: no class sub-folders (expected ROOT/<class>/<image>)")
-    records: list[Record] = []
+    files = [
+        (class_dir.name, str(f))
+        for class_dir in class_dirs
+        for f in sorted(class_dir.rglob("*"))
+        if f.is_file() and not _is_hidden(f.name)
+    ]
+    images = set(_image_files([f for _, f in files], root))
+    records = [(c, f, Path(f).read_bytes) for c, f in files if f in images]
     for class_dir in class_dirs:
-        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not _is_hidden(p.name))
-        if not files:
+        if not any(c == class_dir.name for c, _, _ in records):
             raise DataError(f"class '{class_dir.name}' in {root} has no images")
-        records += [(class_dir.name, str(f), f.read_bytes) for f in files]
     return records
 
 
@@ -150,6 +165,7 @@ def _zip_records(path: Path) -> list[Record]:
         for n in archive.namelist()
         if not n.endswith("/") and not any(_is_hidden(p) for p in PurePosixPath(n).parts)
     ]
+    names = _image_files(names, path)
     parts = [PurePosixPath(n).parts for n in names]
     # Zipping a folder usually wraps the class folders in one top-level directory.
     if parts and all(len(p) >= 3 for p in parts) and len({p[0] for p in parts}) == 1:
@@ -177,7 +193,9 @@ def decode_image(data: bytes, resolution: int, name: str) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
             img = ImageOps.fit(img.convert("RGB"), (resolution, resolution), Image.BICUBIC)
             return np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+    except UnidentifiedImageError:  # its message names an in-memory buffer, not the file
+        raise DataError(f"{name}: not a readable image (unknown format or corrupt)") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{name}: not a readable image ({e})") from None
 
 

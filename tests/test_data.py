@@ -71,9 +71,27 @@ def test_corrupt_image_error_names_the_file(folder):
         load_dataset(folder, 32)
 
 
-def test_non_image_file_error_names_the_file(folder):
+def test_corrupt_image_error_does_not_name_an_in_memory_buffer(folder):
+    (folder / "rose" / "broken.png").write_bytes(b"garbage")
+    with pytest.raises(DataError) as error:
+        load_dataset(folder, 32)
+    assert "BytesIO" not in str(error.value) and "broken.png" in str(error.value)
+
+
+def test_non_image_files_are_left_out_with_a_warning_as_imagefolder_does(folder, tmp_path, caplog):
     (folder / "daisy" / "notes.txt").write_text("hello")
-    with pytest.raises(DataError, match=r"daisy/notes\.txt"):
+    (folder / "rose" / "Thumbs.db").write_bytes(b"\x00" * 64)
+    for source in (folder, zip_folder(folder, tmp_path / "f.zip")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert len(load_dataset(source, 32)) == 6
+        assert "left out 2 non-image files" in caplog.text
+
+
+def test_class_of_only_non_image_files_is_an_error(folder):
+    (folder / "tulip").mkdir()
+    (folder / "tulip" / "readme.md").write_text("tulips to come")
+    with pytest.raises(DataError, match="class 'tulip' .* has no images"):
         load_dataset(folder, 32)
 
 
