@@ -19,6 +19,7 @@ from raygan.errors import ConfigError
 OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
 # root can rewrite anything anyway, so root-owned files add no risk (as in ssh's StrictModes)
 TRUSTED_UIDS = (0,)
+TUNER_STATE = "tuner.pkl"  # what Ray Tune's Tuner.restore reads back
 
 
 def _tree(root: Path) -> Iterator[Path]:
@@ -60,6 +61,12 @@ def check_resumable(experiment: str) -> None:
     path = Path(experiment)
     if not path.is_dir():
         raise ConfigError(f"--resume: experiment directory not found: {experiment}")
+    if not (path / TUNER_STATE).is_file():
+        raise ConfigError(
+            f"--resume: {experiment} holds no search state ({TUNER_STATE}): the search stopped "
+            "before Ray Tune saved it, so there is nothing to resume; delete the folder and start "
+            "again"
+        )
     try:
         check_private_dir(path)
     except ConfigError as e:

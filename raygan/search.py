@@ -34,8 +34,9 @@ from raygan.config import (
 from raygan.data import LabeledImages
 from raygan.errors import ConfigError, SearchFailed
 from raygan.experiment import check_resume_settings, save_settings
+from raygan.metrics.features import inception_weights_path
 from raygan.models.pretrained import load_base_and_data
-from raygan.safety import check_resumable
+from raygan.safety import TUNER_STATE, check_resumable
 from raygan.scheduling import (
     # Schedulers and the searcher rank trials by their best objective so far ("score");
     # checkpoints are kept by their own objective.
@@ -75,6 +76,8 @@ def preflight(cfg: SearchConfig) -> tuple[Checkpoint, LabeledImages]:
                 "groups (`raygan inspect` lists them)"
             )
     data.require_batch(int(_upper(cfg, "batch_size")))
+    if cfg.trial.feature_extractor == "inception":
+        inception_weights_path(cfg.trial.inception_weights)  # here, not after Ray has started
     return base, data
 
 
@@ -567,10 +570,7 @@ def run_search(
         root = storage_root(storage or cfg.storage)
         experiment = experiment_dir_of(root, cfg.name)
         if "://" not in experiment and Path(experiment).exists():
-            raise ConfigError(
-                f"experiment {experiment} exists: pass --resume {experiment} to continue it, "
-                "or choose another --name"
-            )
+            raise experiment_exists(Path(experiment))
         ctx = trial_context(cfg, experiment)
         tuner = build_tuner(cfg, root, concurrency, ctx)
     log.info("search %s: %d trials, up to %d at once", experiment, cfg.num_trials, concurrency)
@@ -587,6 +587,18 @@ def run_search(
     export = export_best(experiment, Path(experiment) / "export")
     rows = read_trials(Path(experiment), cfg.trial.steps)
     return SearchOutcome(experiment, export, format_summary(rows, cfg, pretrained, export))
+
+
+def experiment_exists(experiment: Path) -> ConfigError:
+    if (experiment / TUNER_STATE).is_file():
+        return ConfigError(
+            f"experiment {experiment} exists: pass --resume {experiment} to continue it, "
+            "or choose another --name"
+        )
+    return ConfigError(
+        f"experiment {experiment} exists but holds no search state ({TUNER_STATE}): it stopped "
+        "before its first trial; delete it, or choose another --name"
+    )
 
 
 def raise_if_all_failed(results: tune.ResultGrid) -> None:

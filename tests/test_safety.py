@@ -71,6 +71,12 @@ def test_a_missing_experiment_is_named(tmp_path):
         check_resumable(str(tmp_path / "nope"))
 
 
+def test_an_experiment_that_tune_never_saved_is_refused_as_nothing_to_resume(experiment):
+    (experiment / "tuner.pkl").unlink()
+    with pytest.raises(ConfigError, match="holds no search state .*nothing to resume"):
+        check_resumable(str(experiment))
+
+
 def test_object_storage_is_left_to_the_bucket_policy():
     check_resumable("s3://bucket/raygan/demo")
 

@@ -22,7 +22,9 @@ from raygan.scheduling import build_scheduler
 from raygan.search import (
     METRIC,
     build_searcher,
+    experiment_exists,
     param_space,
+    preflight,
     raise_if_all_failed,
     run_search,
     startup_trials,
@@ -219,6 +221,7 @@ def test_resume_of_an_experiment_without_settings_records_them(tmp_path, caplog)
 def test_run_search_refuses_a_changed_resume_before_ray_starts(tmp_path):
     experiment = tmp_path / "exp"
     save_settings(experiment, config())
+    (experiment / "tuner.pkl").write_bytes(b"Tune's state")
     with pytest.raises(ConfigError, match="trial.steps: 8 -> 16"):
         run_search(config(trial={"steps": 16, "eval_every": 2}), resume=str(experiment))
     assert not ray.is_initialized()
@@ -293,3 +296,23 @@ def test_hparams_tab_holds_the_searched_settings_and_the_best_metrics(tmp_path):
         "best/class_accuracy",
     }
     assert [e.value for e in acc.Scalars("best/fid")] == [30.0, 10.0, 10.0]
+
+
+def test_an_existing_experiment_is_named_with_what_to_do_whether_or_not_it_started(tmp_path):
+    (tmp_path / "tuner.pkl").write_bytes(b"Tune's state")
+    assert f"pass --resume {tmp_path}" in str(experiment_exists(tmp_path))
+    (tmp_path / "tuner.pkl").unlink()
+    message = str(experiment_exists(tmp_path))
+    assert "no search state" in message and "--resume" not in message
+
+
+def test_missing_inception_weights_fail_the_preflight_before_ray_starts(monkeypatch, tmp_path):
+    monkeypatch.delenv("RAYGAN_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setenv("RAYGAN_CACHE", str(tmp_path))
+    cfg = config(
+        data="demo:target:200",
+        trial={"feature_extractor": "inception", "inception_weights": str(tmp_path / "nope.pt")},
+    )
+    with pytest.raises(ConfigError, match=r"Inception-v3 FID weights not found .*nope\.pt"):
+        preflight(cfg)
+    assert not ray.is_initialized()
