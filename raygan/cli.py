@@ -57,12 +57,12 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from raygan.config import SearchConfig, load_config
+    from raygan.config import SearchConfig, load_config, validate
     from raygan.search import run_search
 
     cfg = load_config(SearchConfig, args.search, args.set)
-    if args.name:
-        cfg = cfg.model_copy(update={"name": args.name})
+    if args.name:  # checked as the file's `name` is: it becomes a directory
+        cfg = validate(SearchConfig, {**cfg.model_dump(), "name": args.name}, "--name")
     outcome = run_search(cfg, address=args.address, storage=args.storage, resume=args.resume)
     print(outcome.summary)
     print(f"TensorBoard: tensorboard --logdir {outcome.experiment}/tensorboard")

@@ -198,12 +198,24 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         raw = load_yaml(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"{_yaml_place(path, e)}: not valid YAML ({_yaml_problem(e)})") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
     return raw
+
+
+def _yaml_place(path: Path, error: yaml.YAMLError) -> str:
+    """`path:line:column` of the problem, as compilers print it, when PyYAML knows it."""
+    mark = getattr(error, "problem_mark", None)
+    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    problem = getattr(error, "problem", None)
+    context = getattr(error, "context", None)
+    return ", ".join(p for p in (context, problem) if p) or str(error).splitlines()[0]
 
 
 def validate(cls: type[Model], raw: dict[str, Any], origin: str) -> Model:
@@ -233,7 +245,11 @@ def load_config(cls: type[Model], path: str | Path | None, overrides: list[str])
     raw = read_yaml(path) if path else {}
     for key, value in parse_overrides(overrides).items():
         set_dotted(raw, key, value)
-    return validate(cls, raw, str(path) if path else "--set")
+    # A bad --set is not the file's fault: name both.
+    origin = " with ".join(
+        [*([str(path)] if path else []), *([f"--set {' '.join(overrides)}"] if overrides else [])]
+    )
+    return validate(cls, raw, origin or "defaults")
 
 
 # ---- search spaces -----------------------------------------------------------------------
@@ -336,6 +352,13 @@ class SearchConfig(Strict):
     rescore_top: int = Field(
         3, ge=0, description="export re-scores the best N checkpoints on fresh samples; 0: off"
     )
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_directory_of_its_own(cls, name: str) -> str:
+        if set(name) == {"."}:  # <storage>/.. would be the parent of the storage
+            raise ValueError(f"name {name!r} is not a directory of its own")
+        return name
 
     @model_validator(mode="after")
     def _space_names_hyperparameters_within_bounds(self) -> SearchConfig:

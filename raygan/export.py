@@ -29,6 +29,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from PIL import Image
 from torchvision.utils import save_image
 
 from raygan.checkpoint import SIDECAR, _replace_dir, load_checkpoint
@@ -301,13 +302,17 @@ def _serving_hint(serving: list[str], latent_dim: int, num_classes: int) -> str:
 def sample_to_file(
     export_dir: str | Path, class_name: str, n: int, out: str | Path, seed: int = 0
 ) -> Path:
+    out = Path(out)
+    if n < 1:
+        raise ConfigError(f"-n {n}: the number of images must be at least 1")
+    if out.suffix.lower() not in Image.registered_extensions():
+        raise ConfigError(f"{out}: not an image file name; end it in .png or .jpg")
     ckpt = load_checkpoint(export_dir)
     if class_name not in ckpt.class_names:
         raise ConfigError(f"unknown class {class_name!r}; the model knows {ckpt.class_names}")
     model = ckpt.build()
     labels = torch.full((n,), ckpt.class_names.index(class_name))
     images = sample_images(model, labels, seed).add(1).div(2).clamp(0, 1)
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image(images, out, nrow=math.ceil(math.sqrt(n)), padding=1)
     return out

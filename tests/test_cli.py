@@ -2,11 +2,14 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from raygan.checkpoint import save_checkpoint
 from raygan.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_finetune_prints_a_progress_line_per_evaluation_and_saves_checkpoints(
@@ -55,11 +58,21 @@ def test_finetune_prints_a_progress_line_per_evaluation_and_saves_checkpoints(
         (["tune", "/nonexistent/search.yaml"], "config file not found"),
         (["prepare", "/nonexistent", "out.parquet"], "data set not found"),
         (["export", "/nonexistent/exp", "out"], "experiment directory not found"),
+        (
+            ["tune", "search_spaces/demo.yaml", "--set", "num_trial=3"],
+            "search_spaces/demo.yaml with --set num_trial=3: unknown field 'num_trial'",
+        ),
+        (["tune", "search_spaces/demo.yaml", "--name", "a/b"], "--name: field 'name'"),
+        (["tune", "search_spaces/demo.yaml", "--name", ".."], "not a directory of its own"),
     ],
 )
 def test_bad_input_is_one_line_on_stderr_and_exit_code_2(argv, message):
     proc = subprocess.run(
-        [sys.executable, "-m", "raygan", *argv], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "raygan", *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
     )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -77,6 +90,22 @@ def test_sample_rejects_unknown_class_with_the_known_ones(tiny_base, tmp_path, c
         == 0
     )
     assert (tmp_path / "x.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-n", "0"], "-n 0: the number of images must be at least 1"),
+        (["-o", "samples.txt"], "samples.txt: not an image file name"),
+    ],
+)
+def test_sample_refuses_a_bad_count_or_file_name_in_one_line(
+    tiny_base, tmp_path, capsys, args, message
+):
+    export = save_checkpoint(tiny_base, tmp_path / "export")
+    assert main(["sample", str(export), "--class", "star", *args]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert message in line
 
 
 def test_inspect_lists_freeze_groups_conditional_tensors_and_runs_g_then_d(

@@ -155,3 +155,9 @@ def test_class_norm_with_a_user_model_is_refused_at_load(where):
             None,
             ["model={adapter: torch, factory: 'model.py:build'}", SPACE_OVERRIDE, where],
         )
+
+
+def test_a_broken_yaml_file_is_named_with_line_and_column(tmp_path):
+    path = write(tmp_path, "name: demo\n  space: 3\n")
+    with pytest.raises(ConfigError, match=r"s\.yaml:2:8: not valid YAML \(mapping values"):
+        load_config(SearchConfig, path, [])
