@@ -98,6 +98,16 @@ def test_seed_recipe_outside_the_space_is_refused_at_load():
         )
 
 
+def test_a_default_seed_recipe_outside_the_space_says_it_is_the_default_and_how_to_change_it():
+    high_lr = "space.lr={type: loguniform, low: 1.0e-3, high: 1.0e-2}"
+    with pytest.raises(ConfigError) as error:
+        load_config(SearchConfig, None, [high_lr])
+    message = str(error.value)
+    assert "seed_recipe.lr: 0.0002 is outside space.lr (the default seed recipe" in message
+    assert "`seed_recipe: null`" in message
+    assert load_config(SearchConfig, None, [high_lr, "seed_recipe="]).seed_recipe is None
+
+
 def test_unknown_augment_policy_names_the_bad_op():
     with pytest.raises(ConfigError, match="unknown op 'colour'"):
         load_config(FinetuneConfig, None, ["augment=diffaug:colour"])
@@ -115,8 +125,8 @@ def test_seed_point_fills_lr_g_lr_d_and_batch_size_choices_with_values_of_the_sp
             "space.batch_size={type: choice, values: [8, 32]}",
         ],
     )
-    # The default seed recipe sets lr 1e-5 and no lr_g/lr_d: they fall back to it.
-    assert seed_point(cfg) == [{"lr_g": 1e-5, "lr_d": 1e-5, "batch_size": 8}]
+    # The default seed recipe sets lr 2e-4 and no lr_g/lr_d: they fall back to it.
+    assert seed_point(cfg) == [{"lr_g": 2e-4, "lr_d": 2e-4, "batch_size": 8}]
 
 
 def test_search_paths_become_absolute_so_trials_in_other_directories_find_them(

@@ -80,7 +80,7 @@ def test_search_runs_trials_exports_best_and_logs_every_trial(local_ray, base_di
         "last_fid",
         "best_collapse",
     } <= set(table[0])
-    seed = [r for r in table if r["param_lr"] == pytest.approx(1e-5) and r["param_freeze_d"] == 0]
+    seed = [r for r in table if r["param_lr"] == pytest.approx(2e-4) and r["param_freeze_d"] == 0]
     assert len(seed) == 1, "the seed recipe was not evaluated"
     # The best checkpoints by the search were re-scored on fresh noise; the best re-score won.
     rescored = best["rescore"]["candidates"]

@@ -75,7 +75,7 @@ def test_tpe_choices_differ_between_data_sets_once_past_its_random_start():
     on_target = drive(cfg, target_like, cfg.num_trials)
     on_source = drive(cfg, source_like, cfg.num_trials)
     # The seed recipe comes first, then seeded random start-up points: the same on both.
-    assert on_target[0] == {"lr": 1e-5, "beta1": 0.5, "freeze_d": 0}
+    assert on_target[0] == {"lr": 2e-4, "beta1": 0.5, "freeze_d": 0}
     assert on_target[:startup] == on_source[:startup]
     # Then TPE models what it saw, and the two data sets lead it to different points.
     differing = [a != b for a, b in zip(on_target[startup:], on_source[startup:], strict=True)]
@@ -96,7 +96,7 @@ def test_gp_the_default_starts_at_the_seed_recipe_then_follows_each_data_set():
     startup = startup_trials(cfg.num_trials)
     on_target = drive(cfg, target_like, cfg.num_trials)
     on_source = drive(cfg, source_like, cfg.num_trials)
-    assert on_target[0] == {"lr": 1e-5, "beta1": 0.5, "freeze_d": 0}
+    assert on_target[0] == {"lr": 2e-4, "beta1": 0.5, "freeze_d": 0}
     assert on_target[:startup] == on_source[:startup]
     late = slice(startup, None)
     assert sum(p["freeze_d"] for p in on_target[late]) > sum(p["freeze_d"] for p in on_source[late])
@@ -119,7 +119,7 @@ def test_random_searcher_is_tunes_seeded_generator_with_the_seed_point_first():
     searcher = build_searcher(config(searcher="random", seed=7), concurrency=2)
     assert isinstance(searcher, BasicVariantGenerator)
     assert searcher.max_concurrent == 2
-    assert searcher._points_to_evaluate == [{"lr": 1e-5, "beta1": 0.5, "freeze_d": 0}]
+    assert searcher._points_to_evaluate == [{"lr": 2e-4, "beta1": 0.5, "freeze_d": 0}]
 
 
 @pytest.mark.parametrize(
