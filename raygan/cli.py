@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from raygan.errors import RayganError
+from raygan.errors import ConfigError, RayganError
 
 
 def _finetune(args: argparse.Namespace) -> int:
@@ -60,6 +60,8 @@ def _tune(args: argparse.Namespace) -> int:
     from raygan.config import SearchConfig, load_config, validate
     from raygan.search import run_search
 
+    if args.resume and (args.name or args.storage):
+        raise ConfigError("--resume continues the experiment where it is: drop --name/--storage")
     cfg = load_config(SearchConfig, args.search, args.set)
     if args.name:  # checked as the file's `name` is: it becomes a directory
         cfg = validate(SearchConfig, {**cfg.model_dump(), "name": args.name}, "--name")
@@ -84,7 +86,12 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="raygan", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="raygan",
+        description="Search hyperparameters for fine-tuning a pretrained conditional GAN "
+        "(Ray Tune + Optuna), then export the best model. Start with: raygan tune "
+        "search_spaces/demo.yaml",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -124,21 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_tune)
 
     p = sub.add_parser("export", help="export the best checkpoint of an experiment")
-    p.add_argument("experiment", type=Path)
-    p.add_argument("out", type=Path)
+    p.add_argument("experiment", type=Path, help="experiment directory, e.g. runs/demo")
+    p.add_argument("out", type=Path, help="directory to write the exported model to")
     p.set_defaults(run=_export)
 
     p = sub.add_parser("sample", help="generate images of one class from an export")
-    p.add_argument("export", type=Path)
-    p.add_argument("--class", dest="class_name", required=True)
-    p.add_argument("-n", type=int, default=16)
-    p.add_argument("-o", "--output", type=Path, default=Path("samples.png"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("export", type=Path, help="an exported model, e.g. runs/demo/export")
+    p.add_argument("--class", dest="class_name", required=True, help="class name to draw")
+    p.add_argument("-n", type=int, default=16, help="number of images (default 16)")
+    p.add_argument("-o", "--output", type=Path, default=Path("samples.png"), help="image grid")
+    p.add_argument("--seed", type=int, default=0, help="noise seed: same seed, same images")
     p.set_defaults(run=_sample)
 
     p = sub.add_parser("prepare", help="convert an image folder or .zip into Parquet")
-    p.add_argument("src", type=Path)
-    p.add_argument("out", type=Path)
+    p.add_argument("src", type=Path, help="ImageFolder directory (ROOT/<class>/<image>) or .zip")
+    p.add_argument("out", type=Path, help="the .parquet file to write")
     p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable files (counted)")
     p.set_defaults(run=_prepare)
     return parser

@@ -56,7 +56,9 @@ class TrialConfig(Strict):
     eval_every: int = Field(100, ge=1)
     checkpoint_every: int | None = Field(None, ge=1, description="default: eval_every")
     eval_samples: int = Field(500, ge=20)
-    eval_at_start: bool = True
+    eval_at_start: bool = Field(
+        True, description="score the base before step 1 (a search scores it once, not per trial)"
+    )
     feature_extractor: Literal["classifier", "inception"] = "classifier"
     inception_weights: str | None = None
     collapse_stop: float | None = Field(None, gt=0, le=1, description="stop when collapse exceeds")

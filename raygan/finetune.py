@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from raygan.config import FinetuneConfig
+from raygan.errors import CheckpointError
 from raygan.fsio import write_json_atomic
 from raygan.models.pretrained import load_base_and_data
 from raygan.progress import StepProgress, print_report
@@ -13,7 +14,10 @@ from raygan.trial import TrialResult, run_trial
 
 
 def finetune(cfg: FinetuneConfig, resume_from: Path | None = None) -> TrialResult:
+    if resume_from is not None and not resume_from.exists():
+        raise CheckpointError(f"--resume: checkpoint not found: {resume_from}")
     base, data = load_base_and_data(cfg.model, cfg.base, cfg.data, cfg.skip_corrupt)
+    data.require_batch(cfg.batch_size)  # before anything is written
     out = Path(cfg.output)
     log = TrialLog(out / "tensorboard", cfg.model_dump())
     try:

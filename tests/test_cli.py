@@ -52,7 +52,11 @@ def test_finetune_prints_a_progress_line_per_evaluation_and_saves_checkpoints(
         (["finetune", "--set", "lr=-1"], "field 'lr'"),
         (
             ["finetune", "--set", "base=/nonexistent/ckpt"],
-            "checkpoint not found: /nonexistent/ckpt",
+            "base not found: /nonexistent/ckpt",
+        ),
+        (
+            ["finetune", "--set", "data=demo:target:200", "--resume", "/nonexistent/step-000100"],
+            "--resume: checkpoint not found: /nonexistent/step-000100",
         ),
         (["finetune", "--set", "data=/nonexistent/data"], "data set not found: /nonexistent/data"),
         (["tune", "/nonexistent/search.yaml"], "config file not found"),
@@ -64,6 +68,10 @@ def test_finetune_prints_a_progress_line_per_evaluation_and_saves_checkpoints(
         ),
         (["tune", "search_spaces/demo.yaml", "--name", "a/b"], "--name: field 'name'"),
         (["tune", "search_spaces/demo.yaml", "--name", ".."], "not a directory of its own"),
+        (
+            ["tune", "search_spaces/demo.yaml", "--resume", "runs/demo", "--name", "other"],
+            "--resume continues the experiment where it is",
+        ),
     ],
 )
 def test_bad_input_is_one_line_on_stderr_and_exit_code_2(argv, message):

@@ -39,17 +39,17 @@ class Pretrained:
 
 
 def read_pretrained(model: ModelSpec, base: str) -> Pretrained:
-    if isinstance(model, RayganModelSpec):
-        from raygan.demo import load_base
+    from raygan.demo import DEMO_BASE, load_base
 
+    path = Path(base).expanduser()
+    if base != DEMO_BASE and not path.exists():
+        raise CheckpointError(f"base not found: {path}")
+    if isinstance(model, RayganModelSpec):
         ckpt = load_base(base)
         names = None if ckpt.state.get("unnamed_classes") else ckpt.class_names
         return Pretrained(
             ckpt.spec, ckpt.generator, ckpt.discriminator, names, len(ckpt.class_names)
         )
-    path = Path(base).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"base not found: {path}")
     if isinstance(model, KerasModelSpec):
         return _read_keras(model, path.resolve())
     return _read_torch(model, path.resolve())
