@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -228,10 +228,22 @@ def validate(cls: type[Model], raw: dict[str, Any], origin: str) -> Model:
         raise ConfigError(f"{origin}: {describe(e)}") from None
 
 
+def _union_tags(union: Any, field: str) -> set[str]:
+    """The tag values of a discriminated union `Annotated[A | B, Field(discriminator=field)]`."""
+    return {get_args(m.model_fields[field].annotation)[0] for m in get_args(get_args(union)[0])}
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    # pydantic puts a tagged union's tag in the path (space.lr.loguniform.low): users never
+    # write it there, so leave it out.
+    tags = _union_tags(ParamSpec, "type") | _union_tags(ModelSpec, "adapter")
+    return ".".join(str(p) for i, p in enumerate(loc) if not (i and p in tags))
+
+
 def describe(error: ValidationError) -> str:
     parts = []
     for err in error.errors():
-        field = ".".join(str(p) for p in err["loc"])
+        field = _field_path(err["loc"])
         if not field and err["type"] == "value_error":
             parts.append(str(err["ctx"]["error"]))
         elif err["type"] == "extra_forbidden":

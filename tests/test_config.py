@@ -52,12 +52,12 @@ def test_bad_finetune_config_names_file_field_and_value(tmp_path, text, message)
 @pytest.mark.parametrize(
     "space, message",
     [
-        ("  lr: {type: loguniform, low: 0, high: 1.0e-3}", "space.lr.loguniform.low"),
+        ("  lr: {type: loguniform, low: 0, high: 1.0e-3}", "space.lr.low"),
         ("  lr: {type: gaussian, low: 0, high: 1}", "does not match any of the expected tags"),
         ("  beta1: {type: uniform, low: 0.5, high: 1.5}", "space.beta1: value 1.5 is invalid"),
         ("  momentum: {type: uniform, low: 0, high: 1}", "space.momentum: not searchable"),
         ("  freeze_d: {type: int, low: 3, high: 1}", r"low \(3\) must be below high \(1\)"),
-        ("  augment: {type: choice, values: []}", "space.augment.choice.values"),
+        ("  augment: {type: choice, values: []}", "space.augment.values"),
     ],
 )
 def test_malformed_search_space_is_rejected_with_the_field(tmp_path, space, message):
@@ -171,3 +171,20 @@ def test_a_broken_yaml_file_is_named_with_line_and_column(tmp_path):
     path = write(tmp_path, "name: demo\n  space: 3\n")
     with pytest.raises(ConfigError, match=r"s\.yaml:2:8: not valid YAML \(mapping values"):
         load_config(SearchConfig, path, [])
+
+
+@pytest.mark.parametrize(
+    "cls, override, message",
+    [
+        (
+            SearchConfig,
+            "space.lr={type: loguniform, low: 1.0e-5, high: 1.0e-3, log: true}",
+            "unknown field 'space.lr.log'",
+        ),
+        (FinetuneConfig, "model.adapter=torch", "field 'model.factory' is required"),
+    ],
+)
+def test_error_paths_are_the_ones_users_write_without_the_union_tag(cls, override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(cls, None, [override])
+    assert message in str(error.value)
