@@ -60,8 +60,8 @@ def _tune(args: argparse.Namespace) -> int:
     from raygan.config import SearchConfig, load_config, validate
     from raygan.search import run_search
 
-    if args.resume and (args.name or args.storage):
-        raise ConfigError("--resume continues the experiment where it is: drop --name/--storage")
+    if args.resume:
+        check_resume_args(args.resume, args.name, args.storage)
     cfg = load_config(SearchConfig, args.search, args.set)
     if args.name:  # checked as the file's `name` is: it becomes a directory
         cfg = validate(SearchConfig, {**cfg.model_dump(), "name": args.name}, "--name")
@@ -69,6 +69,19 @@ def _tune(args: argparse.Namespace) -> int:
     print(outcome.summary)
     print(f"TensorBoard: tensorboard --logdir {outcome.experiment}/tensorboard")
     return 0
+
+
+def check_resume_args(resume: str, name: str | None, storage: str | None) -> None:
+    """--resume names the experiment; the docs resubmit the same command with it added, so a
+    --storage that holds it is fine, and anything else would be silently ignored."""
+    if name:
+        raise ConfigError("--resume continues the experiment where it is: drop --name")
+    if storage and not f"{resume.rstrip('/')}/".startswith(f"{storage.rstrip('/')}/"):
+        local = "://" not in storage and Path(resume).resolve().is_relative_to(
+            Path(storage).resolve()
+        )
+        if not local:
+            raise ConfigError(f"--resume {resume} is not under --storage {storage}")
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from raygan.checkpoint import save_checkpoint
-from raygan.cli import main
+from raygan.cli import check_resume_args, main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,6 +72,10 @@ def test_finetune_prints_a_progress_line_per_evaluation_and_saves_checkpoints(
             ["tune", "search_spaces/demo.yaml", "--resume", "runs/demo", "--name", "other"],
             "--resume continues the experiment where it is",
         ),
+        (
+            ["tune", "search_spaces/demo.yaml", "--resume", "/a/demo", "--storage", "/b"],
+            "--resume /a/demo is not under --storage /b",
+        ),
     ],
 )
 def test_bad_input_is_one_line_on_stderr_and_exit_code_2(argv, message):
@@ -98,6 +102,19 @@ def test_sample_rejects_unknown_class_with_the_known_ones(tiny_base, tmp_path, c
         == 0
     )
     assert (tmp_path / "x.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "resume, storage",
+    [
+        ("/mnt/raygan/experiments/demo", "/mnt/raygan/experiments"),  # the documented resubmit
+        ("/mnt/raygan/experiments/demo/", "/mnt/raygan/experiments/"),
+        ("s3://bucket/runs/demo", "s3://bucket/runs"),
+        ("runs/demo", None),
+    ],
+)
+def test_resume_accepts_the_storage_that_holds_it(resume, storage):
+    check_resume_args(resume, None, storage)
 
 
 @pytest.mark.parametrize(
