@@ -72,16 +72,18 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def check_resume_args(resume: str, name: str | None, storage: str | None) -> None:
-    """--resume names the experiment; the docs resubmit the same command with it added, so a
-    --storage that holds it is fine, and anything else would be silently ignored."""
+    """--resume names the experiment. The docs resubmit the same command with it added, so a
+    --storage that holds it is fine; any other would be silently ignored."""
     if name:
         raise ConfigError("--resume continues the experiment where it is: drop --name")
-    if storage and not f"{resume.rstrip('/')}/".startswith(f"{storage.rstrip('/')}/"):
-        local = "://" not in storage and Path(resume).resolve().is_relative_to(
-            Path(storage).resolve()
-        )
-        if not local:
-            raise ConfigError(f"--resume {resume} is not under --storage {storage}")
+    if storage and not holds(storage, resume):
+        raise ConfigError(f"--resume {resume} is not under --storage {storage}")
+
+
+def holds(storage: str, experiment: str) -> bool:
+    if "://" in storage:  # object storage: compare the URIs
+        return experiment.rstrip("/").startswith(storage.rstrip("/") + "/")
+    return Path(experiment).resolve().is_relative_to(Path(storage).resolve())
 
 
 def _export(args: argparse.Namespace) -> int:

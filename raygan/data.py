@@ -149,8 +149,9 @@ def _folder_records(root: Path) -> list[Record]:
     ]
     images = set(_image_files([f for _, f in files], root))
     records = [(c, f, Path(f).read_bytes) for c, f in files if f in images]
+    with_images = {c for c, _, _ in records}
     for class_dir in class_dirs:
-        if not any(c == class_dir.name for c, _, _ in records):
+        if class_dir.name not in with_images:
             raise DataError(f"class '{class_dir.name}' in {root} has no images")
     return records
 
