@@ -401,13 +401,10 @@ class SearchConfig(Strict):
                 TrialConfig.model_validate({**self.trial.model_dump(), **self.seed_recipe})
             except ValidationError as e:
                 raise ValueError(f"seed_recipe: {describe(e)}") from None
-            default = "seed_recipe" not in self.model_fields_set
+            hint = DEFAULT_SEED_HINT if "seed_recipe" not in self.model_fields_set else ""
             for name, value in self.seed_recipe.items():
                 if name in self.space and not _within(self.space[name], value):
-                    raise ValueError(
-                        f"seed_recipe.{name}: {value!r} is outside space.{name}"
-                        + DEFAULT_SEED_HINT * default
-                    )
+                    raise ValueError(f"seed_recipe.{name}: {value!r} is outside space.{name}{hint}")
         return self
 
     @model_validator(mode="after")

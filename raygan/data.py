@@ -142,13 +142,13 @@ def _folder_records(root: Path) -> list[Record]:
     if not class_dirs:
         raise DataError(f"{root}: no class sub-folders (expected ROOT/<class>/<image>)")
     files = [
-        (class_dir.name, str(f))
+        (class_dir.name, f)
         for class_dir in class_dirs
         for f in sorted(class_dir.rglob("*"))
         if f.is_file() and not _is_hidden(f.name)
     ]
-    images = set(_image_files([f for _, f in files], root))
-    records = [(c, f, Path(f).read_bytes) for c, f in files if f in images]
+    images = set(_image_files([str(f) for _, f in files], root))
+    records = [(c, str(f), f.read_bytes) for c, f in files if str(f) in images]
     with_images = {c for c, _, _ in records}
     for class_dir in class_dirs:
         if class_dir.name not in with_images:
