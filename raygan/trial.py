@@ -452,7 +452,7 @@ def run_trial(
             if shipped is not None and len(result.history) < RAW_FID_EVALUATIONS:
                 scores["fid_raw"] = evaluator().evaluate(m.model).fid  # what the EMA buys
         metrics = {"step": step, **losses, **scores, **recipe.signals()}
-        judge.assess(metrics, last_step=step == cfg.steps)
+        judge.assess(metrics, last_step=step >= cfg.steps)
         metrics["elapsed_s"] = time.perf_counter() - t0
         if log is not None:
             log.evaluation(step, metrics, evaluator().sample_grid(m.model, shipped))
@@ -485,6 +485,11 @@ def run_trial(
 
     if cfg.eval_at_start and start == 0:
         evaluate_and_report(0, {"loss_d": math.nan, "loss_g": math.nan})
+    if start >= cfg.steps:
+        # PBT can restore this trial from another's final checkpoint: nothing is left to
+        # train, but the trial must still end with its own last word, not a stale "running".
+        saved = resumed.get("metrics", {})
+        evaluate_and_report(start, {k: saved.get(k, math.nan) for k in ("loss_d", "loss_g")})
     for step in range(start + 1, cfg.steps + 1):
         step_batches = [
             (real.to(device), labels.to(device))

@@ -115,6 +115,17 @@ def test_a_resumed_trial_continues_exactly_as_an_uninterrupted_one(tiny_base, ti
     assert last_resumed["score"] <= first_half["objective"]
 
 
+def test_a_trial_restored_from_a_final_checkpoint_ends_completed_without_training(
+    tiny_base, tiny_data, tmp_path
+):
+    """PBT can hand a trial another's last checkpoint; the trial still reports its end."""
+    cfg = tiny(steps=2)
+    donor, _ = run(cfg, tiny_base, tiny_data, tmp_path / "donor")
+    result, reports = run(cfg, tiny_base, tiny_data, tmp_path / "restored", donor.best_checkpoint)
+    assert [(r["step"], r["trial_status"]) for r in reports] == [(2, "completed")]
+    assert result.status == "completed" and result.step == 2
+
+
 def test_compiled_training_step_trains_like_the_eager_one(tiny_base, tiny_data, monkeypatch):
     monkeypatch.setattr(torch, "compile", without_codegen(torch.compile))
     batch = tiny_data.batch(torch.arange(8))
