@@ -387,7 +387,12 @@ class SearchConfig(Strict):
             if name not in SEARCHABLE:
                 raise ValueError(f"space.{name}: not searchable; choose from {list(SEARCHABLE)}")
             bounds = spec.values if isinstance(spec, Choice) else [spec.low, spec.high]
-            if not isinstance(spec, Choice) and spec.low >= spec.high:
+            if not isinstance(spec, Choice) and spec.low == spec.high:
+                raise ValueError(
+                    f"space.{name}: low equals high ({spec.low}): a fixed value is not searched; "
+                    f"set trial.{name}: {spec.low} instead"
+                )
+            if not isinstance(spec, Choice) and spec.low > spec.high:
                 raise ValueError(f"space.{name}: low ({spec.low}) must be below high ({spec.high})")
             for value in bounds:
                 try:

@@ -57,6 +57,7 @@ def test_bad_finetune_config_names_file_field_and_value(tmp_path, text, message)
         ("  beta1: {type: uniform, low: 0.5, high: 1.5}", "space.beta1: value 1.5 is invalid"),
         ("  momentum: {type: uniform, low: 0, high: 1}", "space.momentum: not searchable"),
         ("  freeze_d: {type: int, low: 3, high: 1}", r"low \(3\) must be below high \(1\)"),
+        ("  freeze_g: {type: int, low: 1, high: 1}", "low equals high .*set trial.freeze_g: 1"),
         ("  augment: {type: choice, values: []}", "space.augment.values"),
     ],
 )
