@@ -36,7 +36,7 @@ from raygan.config import RayganModelSpec, TrialConfig
 from raygan.data import LabeledImages, load_dataset
 from raygan.models.pretrained import load_base_and_data
 from raygan.models.seam import GRID_PER_CLASS, class_grid, sample_images
-from raygan.trial import run_trial
+from raygan.trial import TrialOutput, run_trial
 
 # The demo search's budget for one trial, with the FreezeD depth and lr of its best trials.
 BUDGET = {"steps": 400, "batch_size": 16, "eval_every": 100, "eval_samples": 500}
@@ -107,7 +107,7 @@ def run_one(
     settings = {**BUDGET, "steps": steps, **COMMON, **recipe}
     cfg = TrialConfig(**settings, seed=seed, eval_at_start=False)
     start = time.perf_counter()
-    result = run_trial(cfg, base, data, out, lambda metrics, checkpoint: None)
+    result = run_trial(cfg, base, data, TrialOutput(out, lambda metrics, checkpoint: None))
     seconds = time.perf_counter() - start
     best = result.best or {}
     spread = relative_spread(result.best_checkpoint, data) if result.best_checkpoint else None

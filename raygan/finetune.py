@@ -10,7 +10,7 @@ from raygan.fsio import write_json_atomic
 from raygan.models.pretrained import load_base_and_data
 from raygan.progress import StepProgress, print_report
 from raygan.tensorboard import TrialLog
-from raygan.trial import TrialResult, run_trial
+from raygan.trial import TrialOutput, TrialResult, run_trial
 
 
 def finetune(cfg: FinetuneConfig, resume_from: Path | None = None) -> TrialResult:
@@ -21,16 +21,8 @@ def finetune(cfg: FinetuneConfig, resume_from: Path | None = None) -> TrialResul
     out = Path(cfg.output)
     log = TrialLog(out / "tensorboard", cfg.model_dump())
     try:
-        result = run_trial(
-            cfg,
-            base,
-            data,
-            out,
-            print_report,
-            resume_from=resume_from,
-            log=log,
-            progress=StepProgress(cfg.steps),
-        )
+        output = TrialOutput(out, print_report, log=log, progress=StepProgress(cfg.steps))
+        result = run_trial(cfg, base, data, output, resume_from=resume_from)
     finally:
         log.close()
     summary = {

@@ -11,7 +11,7 @@ from raygan.config import PretrainConfig
 from raygan.data import load_dataset
 from raygan.models.builtin import BuiltinGan, ModelConfig
 from raygan.progress import StepProgress, print_report
-from raygan.trial import checkpoint_dir, run_trial
+from raygan.trial import TrialOutput, checkpoint_dir, run_trial
 
 
 def initial_checkpoint(cfg: PretrainConfig, class_names: list[str]) -> Checkpoint:
@@ -31,10 +31,8 @@ def pretrain(
     data = load_dataset(cfg.data, cfg.resolution, cfg.skip_corrupt)
     base = initial_checkpoint(cfg, data.class_names)
     out = Path(cfg.output)
-    progress = StepProgress(cfg.steps)
-    result = run_trial(
-        cfg, base, data, out, print_report, resume_from=resume_from, progress=progress
-    )
+    output = TrialOutput(out, print_report, progress=StepProgress(cfg.steps))
+    result = run_trial(cfg, base, data, output, resume_from=resume_from)
     best = result.best_checkpoint or checkpoint_dir(out, result.step)
     if export_to is None:
         return best

@@ -49,7 +49,7 @@ from raygan.scheduling import (
     posted_stop,
 )
 from raygan.tensorboard import TrialLog
-from raygan.trial import run_trial
+from raygan.trial import TrialOutput, run_trial
 
 log = logging.getLogger(__name__)
 
@@ -384,11 +384,8 @@ def run_reporting_to_ray(
             cfg,
             base,
             data,
-            scratch,
-            report,
+            TrialOutput(scratch, report, log=trial_log, run_id=trial_id),
             resume_from=resume,
-            log=trial_log,
-            run_id=trial_id,
             device=device,
             eval_dir=None if "://" in ctx.experiment_dir else Path(ctx.experiment_dir),
         )

@@ -44,6 +44,19 @@ RAW_FID_EVALUATIONS = 2  # evaluations that also score the raw generator beside 
 
 
 @dataclass
+class TrialOutput:
+    """Where a trial's results go: checkpoints under `out_dir`, each evaluation to `report`
+    (every rank), and on rank 0 only TensorBoard scalars and grids to `log` and the losses
+    between evaluations to `progress`. `run_id` is stamped into every checkpoint."""
+
+    out_dir: Path
+    report: Report
+    log: TrialLog | None = None
+    progress: Progress | None = None
+    run_id: str = ""
+
+
+@dataclass
 class TrialResult:
     status: str  # "completed", "diverged", "collapsed" or "stopped" (by a scheduler)
     step: int
@@ -399,19 +412,15 @@ def run_trial(
     cfg: TrialConfig,
     base: Checkpoint,
     data: LabeledImages,
-    out_dir: Path,
-    report: Report,
+    output: TrialOutput,
     resume_from: Path | None = None,
-    log: TrialLog | None = None,
-    run_id: str = "",
     device: torch.device | None = None,
     eval_dir: Path | None = None,
-    progress: Progress | None = None,
 ) -> TrialResult:
-    """Train from `base` on `data`; checkpoints go under `out_dir`. `log` (rank 0) gets
-    TensorBoard scalars and sample grids at each evaluation. `device`: Ray Train's, else
-    the first GPU, else the CPU. `eval_dir`: where the search keeps its one evaluation
-    classifier (default: this node's cache). `progress`: see Progress."""
+    """Train from `base` on `data`, resuming from `resume_from` (a checkpoint of this trial);
+    results go to `output`. `device`: Ray Train's, else the first GPU, else the CPU.
+    `eval_dir`: where the search keeps its one evaluation classifier (default: this node's
+    cache)."""
     rank, world = rank_and_world()
     device = device or default_device()
     data.require_batch(cfg.batch_size)
@@ -454,8 +463,8 @@ def run_trial(
         metrics = {"step": step, **losses, **scores, **recipe.signals()}
         judge.assess(metrics, last_step=step >= cfg.steps)
         metrics["elapsed_s"] = time.perf_counter() - t0
-        if log is not None:
-            log.evaluation(step, metrics, evaluator().sample_grid(m.model, shipped))
+        if output.log is not None:
+            output.log.evaluation(step, metrics, evaluator().sample_grid(m.model, shipped))
         return metrics
 
     def evaluate_and_report(step: int, losses: dict[str, float]) -> tuple[str, str]:
@@ -469,16 +478,16 @@ def run_trial(
             if step > start and (step % cfg.checkpoint_interval == 0 or step == cfg.steps or stop):
                 state = {
                     "step": step,
-                    "run_id": run_id,
+                    "run_id": output.run_id,
                     "hparams": hparams,
                     "metrics": metrics,
                     "high_collapse": judge.high_collapse,
                 }
                 ckpt = make_checkpoint(m, recipe, data.class_names, state, rng_states)
-                ckpt_dir = save_checkpoint(ckpt, checkpoint_dir(out_dir, step))
+                ckpt_dir = save_checkpoint(ckpt, checkpoint_dir(output.out_dir, step))
             record(result, metrics, ckpt_dir)
         metrics = broadcast_from_rank0(metrics)
-        told = broadcast_from_rank0(report(metrics, ckpt_dir) or "")
+        told = broadcast_from_rank0(output.report(metrics, ckpt_dir) or "")
         if metrics["stop_reason"]:
             return "collapsed", metrics["stop_reason"]
         return ("stopped", told) if told else ("", "")
@@ -507,15 +516,15 @@ def run_trial(
         result.step = step
         if not all(math.isfinite(v) for v in losses.values()):
             result.status, result.reason = "diverged", f"non-finite loss at step {step}: {losses}"
-            report(diverged_metrics(step, losses, result.reason), None)
+            output.report(diverged_metrics(step, losses, result.reason), None)
             break
         if due_eval:
             status, reason = evaluate_and_report(step, losses)
             if status:
                 result.status, result.reason = status, reason
                 break
-        elif progress is not None and rank == 0:
-            progress(step, losses)
+        elif output.progress is not None and rank == 0:
+            output.progress(step, losses)
     return result
 
 

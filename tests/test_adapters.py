@@ -22,7 +22,7 @@ from raygan.models import build
 from raygan.models.pretrained import INIT_SEED, load_base_and_data, read_pretrained
 from raygan.models.seam import GanModel
 from raygan.recipe import build_recipe
-from raygan.trial import build_models, run_trial, train_step
+from raygan.trial import TrialOutput, build_models, run_trial, train_step
 
 DATA = "demo:target:200"
 STEPS = TrialConfig(
@@ -92,7 +92,7 @@ def frozen_keys(model: GanModel, net: str, depth: int) -> set[str]:
 def test_frozen_groups_stay_bit_identical_and_every_trainable_tensor_changes(user_model, tmp_path):
     spec, base_path = user_model
     base, data = load_base_and_data(spec, str(base_path), DATA, False)
-    result = run_trial(STEPS, base, data, tmp_path, lambda m, c: None)
+    result = run_trial(STEPS, base, data, TrialOutput(tmp_path, lambda m, c: None))
     assert result.status == "completed" and result.history[-1]["fid"] > 0  # it evaluated
     after = load_checkpoint(result.best_checkpoint)
     model = base.build()
@@ -316,7 +316,9 @@ def ddp_worker(rank: int, world: int, base_dir: str, out_dir: str, cache: str) -
     base, data = load_checkpoint(base_dir), load_dataset(DATA, 32)
     cfg = STEPS.model_copy(update={"freeze_g": 1, "freeze_d": 1, "seed": 3})
     reports = []
-    run_trial(cfg, base, data, Path(out_dir), lambda metrics, ckpt: reports.append(metrics))
+    run_trial(
+        cfg, base, data, TrialOutput(Path(out_dir), lambda metrics, ckpt: reports.append(metrics))
+    )
     assert [r["step"] for r in reports] == [4], reports
 
     m = build_models(cfg, base, torch.device("cpu"))

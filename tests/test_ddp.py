@@ -13,7 +13,7 @@ from raygan.checkpoint import load_checkpoint, save_checkpoint
 from raygan.config import TrialConfig
 from raygan.data import load_dataset, sample_batches
 from raygan.recipe import build_recipe
-from raygan.trial import build_models, run_trial, train_step
+from raygan.trial import TrialOutput, build_models, run_trial, train_step
 
 
 def flat_weights(m) -> torch.Tensor:
@@ -38,7 +38,9 @@ def worker(rank: int, world: int, base_dir: str, out_dir: str, cache: str) -> No
     )
     # The whole loop: every rank reports rank 0's metrics at each evaluation.
     reports = []
-    run_trial(cfg, base, data, Path(out_dir), lambda metrics, ckpt: reports.append(metrics))
+    run_trial(
+        cfg, base, data, TrialOutput(Path(out_dir), lambda metrics, ckpt: reports.append(metrics))
+    )
     assert [r["step"] for r in reports] == [3, 6], reports
 
     # The step itself: ranks see different batches, yet weights stay identical.

@@ -4,7 +4,7 @@ import torch
 from raygan.config import TrialConfig
 from raygan.errors import ConfigError
 from raygan.models.builtin import BuiltinGan, ModelConfig, build_models, one_hot
-from raygan.trial import run_trial
+from raygan.trial import TrialOutput, run_trial
 
 
 @pytest.mark.parametrize("resolution", [32, 64, 128])
@@ -58,7 +58,7 @@ def test_frozen_blocks_do_not_change_and_the_rest_trains(tiny_data, tiny_base, t
         eval_samples=40,
         eval_at_start=False,
     )
-    result = run_trial(cfg, tiny_base, tiny_data, tmp_path, lambda m, c: None)
+    result = run_trial(cfg, tiny_base, tiny_data, TrialOutput(tmp_path, lambda m, c: None))
     assert result.status == "completed"
     from raygan.checkpoint import load_checkpoint
 

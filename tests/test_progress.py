@@ -3,7 +3,7 @@ evaluations."""
 
 from raygan.config import TrialConfig
 from raygan.progress import StepProgress
-from raygan.trial import run_trial
+from raygan.trial import TrialOutput, run_trial
 
 
 def test_step_progress_prints_the_rate_and_time_left_after_its_first_window(capsys):
@@ -31,8 +31,10 @@ def test_a_trial_reports_progress_between_evaluations_only(tiny_base, tiny_data,
         cfg,
         tiny_base,
         tiny_data,
-        tmp_path,
-        lambda metrics, checkpoint: None,
-        progress=lambda step, losses: calls.append((step, sorted(losses))),
+        TrialOutput(
+            tmp_path,
+            lambda metrics, checkpoint: None,
+            progress=lambda step, losses: calls.append((step, sorted(losses))),
+        ),
     )
     assert calls == [(10, ["loss_d", "loss_g"])], "steps 20 and 30 evaluate instead"

@@ -11,7 +11,7 @@ from raygan.config import TrialConfig
 from raygan.errors import ConfigError
 from raygan.recipe import build_recipe
 from raygan.regularizers import norm_affine_names
-from raygan.trial import build_models, run_trial, train_step
+from raygan.trial import TrialOutput, build_models, run_trial, train_step
 
 
 def tiny(**overrides) -> TrialConfig:
@@ -21,7 +21,7 @@ def tiny(**overrides) -> TrialConfig:
 
 def run(cfg, base, data, out, resume=None):
     reports = []
-    result = run_trial(cfg, base, data, out, lambda m, c: reports.append(m), resume_from=resume)
+    result = run_trial(cfg, base, data, TrialOutput(out, lambda m, c: reports.append(m)), resume)
     return result, reports
 
 
