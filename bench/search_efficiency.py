@@ -27,16 +27,15 @@ minimises). The target of issue 11: the default search (a) reaches random search
 best in at most 0.5x random search's compute, and its own final best is no worse.
 
 The default is a small setting (4 trials x 30 steps, an evaluation every 15 steps, 3 seeds),
-far below the demo search (search_spaces/demo.yaml: 8 trials x 210 steps, evaluation every
-70). The proxy measured in bench/README §4 keeps the demo's trials and evaluations per trial:
+far below the demo search (search_spaces/demo.yaml: 8 trials x 240 steps, evaluation every
+30), which bench/README §4 measures as it ships (about 20 minutes a seed here):
 
     python bench/search_efficiency.py
-    python bench/search_efficiency.py --seeds 0 1 2 3 4 --arms gp_asha tpe_asha random \
-        --trials 8 --steps 90 --eval-every 30
-    python bench/search_efficiency.py --trials 8 --steps 210 --eval-every 70    # demo scale
-    # demo scale on one GPU, two trials sharing it as two share the demo's 2 CPUs:
     python bench/search_efficiency.py --seeds 0 1 2 3 4 --arms gp_asha random \
-        --trials 8 --steps 210 --eval-every 70 --gpu-share 0.5
+        --trials 8 --steps 240 --eval-every 30                                 # demo scale
+    # the same on one GPU, two trials sharing it as two share the demo's 2 CPUs:
+    python bench/search_efficiency.py --seeds 0 1 2 3 4 --arms gp_asha random \
+        --trials 8 --steps 240 --eval-every 30 --gpu-share 0.5
 """
 
 from __future__ import annotations
@@ -408,8 +407,8 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--trials", type=int, default=4, help="trials per search (demo: 8)")
-    p.add_argument("--steps", type=int, default=30, help="steps per search trial (demo: 210)")
-    p.add_argument("--eval-every", type=int, default=15, help="(demo: 70)")
+    p.add_argument("--steps", type=int, default=30, help="steps per search trial (demo: 240)")
+    p.add_argument("--eval-every", type=int, default=15, help="(demo: 30)")
     p.add_argument("--eval-samples", type=int, default=500, help="(demo: 500)")
     p.add_argument(
         "--target-fid",
