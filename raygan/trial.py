@@ -461,7 +461,7 @@ def run_trial(
             if shipped is not None and len(result.history) < RAW_FID_EVALUATIONS:
                 scores["fid_raw"] = evaluator().evaluate(m.model).fid  # what the EMA buys
         metrics = {"step": step, **losses, **scores, **recipe.signals()}
-        judge.assess(metrics, last_step=step >= cfg.steps)
+        judge.assess(metrics, last_step=step == cfg.steps)
         metrics["elapsed_s"] = time.perf_counter() - t0
         if output.log is not None:
             output.log.evaluation(step, metrics, evaluator().sample_grid(m.model, shipped))
@@ -494,11 +494,14 @@ def run_trial(
 
     if cfg.eval_at_start and start == 0:
         evaluate_and_report(0, {"loss_d": math.nan, "loss_g": math.nan})
-    if start >= cfg.steps:
-        # PBT can restore this trial from another's final checkpoint: nothing is left to
-        # train, but the trial must still end with its own last word, not a stale "running".
-        saved = resumed.get("metrics", {})
-        evaluate_and_report(start, {k: saved.get(k, math.nan) for k in ("loss_d", "loss_g")})
+    if start >= cfg.steps and resumed.get("run_id") != output.run_id:
+        # PBT can restore this trial from another's final checkpoint. Nothing is left to
+        # train; the trial's last word is that checkpoint's evaluation, not its own stale
+        # "running" report. (A trial's own final checkpoint was reported before it was saved
+        # to storage, so a retry from it has nothing to add.)
+        final = resumed["metrics"]
+        output.report(final, None)
+        result.status, result.reason = final["trial_status"], final["stop_reason"]
     for step in range(start + 1, cfg.steps + 1):
         step_batches = [
             (real.to(device), labels.to(device))

@@ -1,6 +1,7 @@
 """The recipe inside the trial loop: EMA, D steps, regularisers, norm-affine-only, resume."""
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -115,15 +116,31 @@ def test_a_resumed_trial_continues_exactly_as_an_uninterrupted_one(tiny_base, ti
     assert last_resumed["score"] <= first_half["objective"]
 
 
-def test_a_trial_restored_from_a_final_checkpoint_ends_completed_without_training(
+def test_a_pbt_clone_of_a_final_checkpoint_reports_that_checkpoint_as_its_end(
     tiny_base, tiny_data, tmp_path
 ):
-    """PBT can hand a trial another's last checkpoint; the trial still reports its end."""
+    """PBT can hand a trial another's last checkpoint: nothing is left to train, but the trial
+    must not end on its stale "running" report. A retry from its own last checkpoint (already
+    reported) reports nothing more."""
     cfg = tiny(steps=2)
-    donor, _ = run(cfg, tiny_base, tiny_data, tmp_path / "donor")
-    result, reports = run(cfg, tiny_base, tiny_data, tmp_path / "restored", donor.best_checkpoint)
-    assert [(r["step"], r["trial_status"]) for r in reports] == [(2, "completed")]
-    assert result.status == "completed" and result.step == 2
+    donor_reports = []
+    donor = run_trial(
+        cfg,
+        tiny_base,
+        tiny_data,
+        TrialOutput(tmp_path / "a", appending_to(donor_reports), run_id="a"),
+    )
+    for run_id, expected in (("b", donor_reports[-1:]), ("a", [])):
+        reports = []
+        output = TrialOutput(tmp_path / run_id, appending_to(reports), run_id=run_id)
+        result = run_trial(cfg, tiny_base, tiny_data, output, donor.best_checkpoint)
+        assert reports == expected, run_id
+        assert (result.status, result.step) == ("completed", 2)
+    assert donor_reports[-1]["trial_status"] == "completed"
+
+
+def appending_to(reports: list) -> Callable:
+    return lambda metrics, checkpoint: reports.append(metrics)
 
 
 def test_compiled_training_step_trains_like_the_eager_one(tiny_base, tiny_data, monkeypatch):

@@ -9,6 +9,7 @@ Without the variable it does nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.abc
 import importlib.util
@@ -68,12 +69,13 @@ def patch_search(module: ModuleType) -> None:
 
     @functools.wraps(run_trial)
     def run_trial_probed(
-        cfg: Any, base: Any, data: Any, out_dir: Any, report: Callable, *args: Any, **kwargs: Any
+        cfg: Any, base: Any, data: Any, output: Any, *args: Any, **kwargs: Any
     ) -> Any:
         global first_step_pending
         first_step_pending = True
         record("run_trial:start")
-        return run_trial(cfg, base, data, out_dir, timed("report", report), *args, **kwargs)
+        output = dataclasses.replace(output, report=timed("report", output.report))
+        return run_trial(cfg, base, data, output, *args, **kwargs)
 
     module.run_trial = run_trial_probed
     module._load_inputs = timed("load_inputs", module._load_inputs)
