@@ -388,13 +388,8 @@ class SearchConfig(Strict):
             if name not in SEARCHABLE:
                 raise ValueError(f"space.{name}: not searchable; choose from {list(SEARCHABLE)}")
             bounds = spec.values if isinstance(spec, Choice) else [spec.low, spec.high]
-            if not isinstance(spec, Choice) and spec.low == spec.high:
-                raise ValueError(
-                    f"space.{name}: low equals high ({spec.low}): a fixed value is not searched; "
-                    f"set trial.{name}: {spec.low} instead"
-                )
-            if not isinstance(spec, Choice) and spec.low > spec.high:
-                raise ValueError(f"space.{name}: low ({spec.low}) must be below high ({spec.high})")
+            if not isinstance(spec, Choice):
+                _require_range(name, spec)
             for value in bounds:
                 try:
                     TrialConfig.model_validate({**self.trial.model_dump(), name: value})
@@ -523,6 +518,16 @@ def _absolute(path: str) -> str:
     if path == "demo" or path.startswith("demo:") or "://" in path or not Path(path).exists():
         return path
     return str(Path(path).resolve())
+
+
+def _require_range(name: str, spec: IntRange | Uniform | LogUniform) -> None:
+    if spec.low == spec.high:
+        raise ValueError(
+            f"space.{name}: low equals high ({spec.low}): a fixed value is not searched; "
+            f"set trial.{name}: {spec.low} instead"
+        )
+    if spec.low > spec.high:
+        raise ValueError(f"space.{name}: low ({spec.low}) must be below high ({spec.high})")
 
 
 def _within(spec: IntRange | Uniform | LogUniform | Choice, value: Any) -> bool:

@@ -1,7 +1,6 @@
 """The recipe inside the trial loop: EMA, D steps, regularisers, norm-affine-only, resume."""
 
 import math
-from collections.abc import Callable
 
 import pytest
 import torch
@@ -20,10 +19,10 @@ def tiny(**overrides) -> TrialConfig:
     return TrialConfig(**{**settings, "eval_at_start": False, **overrides})
 
 
-def run(cfg, base, data, out, resume=None):
+def run(cfg, base, data, out, resume=None, run_id=""):
     reports = []
-    result = run_trial(cfg, base, data, TrialOutput(out, lambda m, c: reports.append(m)), resume)
-    return result, reports
+    output = TrialOutput(out, lambda m, c: reports.append(m), run_id=run_id)
+    return run_trial(cfg, base, data, output, resume), reports
 
 
 def test_checkpoints_ship_the_ema_generator_and_keep_the_trained_one_for_resume(
@@ -123,24 +122,13 @@ def test_a_pbt_clone_of_a_final_checkpoint_reports_that_checkpoint_as_its_end(
     must not end on its stale "running" report. A retry from its own last checkpoint (already
     reported) reports nothing more."""
     cfg = tiny(steps=2)
-    donor_reports = []
-    donor = run_trial(
-        cfg,
-        tiny_base,
-        tiny_data,
-        TrialOutput(tmp_path / "a", appending_to(donor_reports), run_id="a"),
-    )
+    donor, donor_reports = run(cfg, tiny_base, tiny_data, tmp_path / "a", run_id="a")
     for run_id, expected in (("b", donor_reports[-1:]), ("a", [])):
-        reports = []
-        output = TrialOutput(tmp_path / run_id, appending_to(reports), run_id=run_id)
-        result = run_trial(cfg, tiny_base, tiny_data, output, donor.best_checkpoint)
+        out = tmp_path / run_id
+        result, reports = run(cfg, tiny_base, tiny_data, out, donor.best_checkpoint, run_id)
         assert reports == expected, run_id
         assert (result.status, result.step) == ("completed", 2)
     assert donor_reports[-1]["trial_status"] == "completed"
-
-
-def appending_to(reports: list) -> Callable:
-    return lambda metrics, checkpoint: reports.append(metrics)
 
 
 def test_compiled_training_step_trains_like_the_eager_one(tiny_base, tiny_data, monkeypatch):
