@@ -201,9 +201,10 @@ def run_single_recipes(storage: Path, seed: int, args: argparse.Namespace) -> li
 
 
 def initial_checkpoint_for_demo(seed: int) -> Any:
+    from raygan.demo import DEMO_PRETRAIN
     from raygan.pretrain import initial_checkpoint
 
-    cfg = PretrainConfig(seed=seed)  # the demo base's architecture (64x64, 16 channels)
+    cfg = DEMO_PRETRAIN.model_copy(update={"seed": seed})  # the demo base's architecture
     return initial_checkpoint(cfg, load_dataset("demo:target", cfg.resolution).class_names)
 
 

@@ -207,6 +207,8 @@ def infer_model_config(g: dict, d: dict, file: Path) -> ModelConfig:
             resolution=4 * 2**stages,
             channels=int(channels),
             latent_dim=int(base.shape[1] - num_classes),
+            class_norm=any(k.endswith(".class_gain") for k in g),
+            latent_norm=any(k.endswith(".latent_gain") for k in g),
         )
     except (KeyError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{file}: not a raygan G/D state_dict ({e})") from None

@@ -164,6 +164,16 @@ class PretrainConfig(TrialConfig):
     beta1: float = Field(0.0, ge=0, lt=1)
     beta2: float = Field(0.99, ge=0, lt=1)
     eval_every: int = Field(500, ge=1)
+    # An architecture choice, so a base model's alone: fine-tuning keeps what the base has.
+    latent_norm: bool = Field(
+        False, description="G's norms also get a per-sample scale/shift from z (needs class_norm)"
+    )
+
+    @model_validator(mode="after")
+    def _latent_norm_with_class_norm(self) -> PretrainConfig:
+        if self.latent_norm and not self.class_norm:
+            raise ValueError("latent_norm needs class_norm: set class_norm: true as well")
+        return self
 
 
 class _Loader(yaml.SafeLoader):

@@ -6,6 +6,8 @@ at once; if it is missing, it is built on first use and cached, printing its pro
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from importlib import resources
 from pathlib import Path
@@ -17,9 +19,9 @@ from raygan.metrics.features import cache_dir
 log = logging.getLogger(__name__)
 
 DEMO_BASE = "demo"
-# The shipped base model is
-# `raygan pretrain --set class_norm=true --export raygan/assets/demo-base`.
-DEMO_PRETRAIN = PretrainConfig(class_norm=True)
+# The shipped base model is `raygan pretrain --set class_norm=true --set latent_norm=true
+# --export raygan/assets/demo-base` (bench/README.md §7).
+DEMO_PRETRAIN = PretrainConfig(class_norm=True, latent_norm=True)
 
 
 def shipped_base() -> Path:
@@ -30,10 +32,18 @@ def load_base(spec: str) -> Checkpoint:
     """`demo` or a path to a checkpoint directory / state_dict file."""
     if spec != DEMO_BASE:
         return load_checkpoint(spec)
-    for candidate in (shipped_base(), cache_dir() / "demo-base"):
+    cached = cache_dir() / f"demo-base-{recipe_digest()}"
+    for candidate in (shipped_base(), cached):
         if (candidate / "raygan.json").exists():
             return load_checkpoint(candidate)
-    return load_checkpoint(build_demo_base(cache_dir() / "demo-base"))
+    return load_checkpoint(build_demo_base(cached))
+
+
+def recipe_digest() -> str:
+    """Names the cached fallback base after DEMO_PRETRAIN, so a base built by an older recipe
+    is not taken for this one's."""
+    recipe = json.dumps(DEMO_PRETRAIN.model_dump(), sort_keys=True)
+    return hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
 
 def build_demo_base(out: Path) -> Path:
@@ -41,6 +51,6 @@ def build_demo_base(out: Path) -> Path:
 
     log.warning("no demo base model found; pretraining one on demo:source (once) into %s", out)
     return pretrain(
-        DEMO_PRETRAIN.model_copy(update={"output": str(out.parent / ".demo-base-run")}),
+        DEMO_PRETRAIN.model_copy(update={"output": str(out.parent / f".{out.name}-run")}),
         export_to=out,
     )

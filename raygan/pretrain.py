@@ -17,7 +17,11 @@ from raygan.trial import TrialOutput, checkpoint_dir, run_trial
 def initial_checkpoint(cfg: PretrainConfig, class_names: list[str]) -> Checkpoint:
     torch.manual_seed(cfg.seed)
     model = ModelConfig(
-        num_classes=len(class_names), resolution=cfg.resolution, channels=cfg.channels
+        num_classes=len(class_names),
+        resolution=cfg.resolution,
+        channels=cfg.channels,
+        class_norm=cfg.class_norm,
+        latent_norm=cfg.latent_norm,
     )
     return Checkpoint.of(BuiltinGan(model), class_names, state={"step": 0})
 

@@ -116,7 +116,11 @@ def norm_affine_names(net: nn.Module) -> list[str]:
     affine: set[int] = set()
     for module in net.modules():
         if isinstance(module, _TORCH_NORMS):
-            affine.update(id(p) for p in module.parameters(recurse=False))
+            # weight and bias only: a conditional norm's tables (raygan's z tables) are layers
+            # of their own; its class tables are trained as class-conditional tensors.
+            affine.update(
+                id(p) for p in (module.weight, getattr(module, "bias", None)) if p is not None
+            )
     keras_layers = getattr(net, "_flatten_layers", None)
     if callable(keras_layers):
         for layer in keras_layers(include_self=True, recursive=True):

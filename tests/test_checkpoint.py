@@ -72,8 +72,11 @@ def test_architecture_mismatch_names_the_tensor_and_both_shapes(tiny_base, saved
         load_checkpoint(saved).build()
 
 
-def test_plain_state_dict_file_loads_with_architecture_read_from_shapes(tmp_path):
-    cfg = ModelConfig(num_classes=5, resolution=64, channels=8)
+@pytest.mark.parametrize(
+    "norms", [{}, {"class_norm": True}, {"class_norm": True, "latent_norm": True}]
+)
+def test_plain_state_dict_file_loads_with_architecture_read_from_shapes(tmp_path, norms):
+    cfg = ModelConfig(num_classes=5, resolution=64, channels=8, **norms)
     g, d = build_models(cfg)
     file = tmp_path / "gan.pt"
     torch.save({"generator": g.state_dict(), "discriminator": d.state_dict()}, file)

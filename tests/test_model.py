@@ -1,9 +1,13 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
-from raygan.config import TrialConfig
+from raygan.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from raygan.config import PretrainConfig, TrialConfig, load_config
 from raygan.errors import ConfigError
 from raygan.models.builtin import BuiltinGan, ModelConfig, build_models, one_hot
+from raygan.pretrain import initial_checkpoint
 from raygan.trial import TrialOutput, run_trial
 
 
@@ -60,7 +64,6 @@ def test_frozen_blocks_do_not_change_and_the_rest_trains(tiny_data, tiny_base, t
     )
     result = run_trial(cfg, tiny_base, tiny_data, TrialOutput(tmp_path, lambda m, c: None))
     assert result.status == "completed"
-    from raygan.checkpoint import load_checkpoint
 
     after = load_checkpoint(result.best_checkpoint)
     frozen_g = ("blocks.input.", "blocks.up1.")
@@ -133,8 +136,6 @@ def test_class_norm_starts_as_the_pretrained_generator_and_learns_per_class(tiny
 
 
 def test_a_class_norm_checkpoint_rebuilds_with_its_per_class_tables(tiny_base, tmp_path):
-    from raygan.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-
     grown = tiny_base.build().with_class_norm()
     for name, p in grown.g.named_parameters():
         if ".class_" in name:
@@ -147,6 +148,52 @@ def test_a_class_norm_checkpoint_rebuilds_with_its_per_class_tables(tiny_base, t
     rebuilt.export(tmp_path)  # the serving program carries the tables too
     program = torch.export.load(tmp_path / "generator.pt2").module()
     assert torch.allclose(program(z, labels), grown.generate(z, labels), atol=1e-5)
+
+
+@pytest.fixture
+def latent_norm_base(tiny_data):
+    cfg = PretrainConfig(resolution=32, channels=4, class_norm=True, latent_norm=True)
+    return initial_checkpoint(cfg, tiny_data.class_names)
+
+
+def test_latent_norm_starts_as_class_norm_alone_and_lets_z_reach_every_norm(latent_norm_base):
+    model = latent_norm_base.build()
+    without = BuiltinGan(replace(model.cfg, latent_norm=False))
+    without.g.load_state_dict(
+        {k: v for k, v in latent_norm_base.generator.items() if ".latent_" not in k}
+    )
+    z, labels = torch.randn(4, model.latent_dim), torch.arange(4) % model.num_classes
+    assert torch.equal(model.generate(z, labels), without.generate(z, labels))
+
+    tables = [p for name, p in model.g.named_parameters() if ".latent_" in name]
+    assert len(tables) == 2 * model.cfg.num_stages  # a gain and a bias per up block
+    for table in tables:
+        torch.nn.init.normal_(table, std=0.1)
+    assert not torch.allclose(model.generate(z, labels), without.generate(z, labels))
+
+
+def test_a_latent_norm_checkpoint_rebuilds_and_exports_with_its_z_tables(
+    latent_norm_base, tmp_path
+):
+    model = latent_norm_base.build()
+    for name, p in model.g.named_parameters():
+        if ".latent_" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    saved = save_checkpoint(Checkpoint.of(model, latent_norm_base.class_names, {}), tmp_path / "c")
+    rebuilt = load_checkpoint(saved).build()
+    z, labels = torch.randn(4, model.latent_dim), torch.arange(4) % model.num_classes
+    assert rebuilt.cfg.latent_norm
+    assert torch.equal(rebuilt.generate(z, labels), model.generate(z, labels))
+    rebuilt.export(tmp_path)  # the serving program feeds z to the norms too
+    program = torch.export.load(tmp_path / "generator.pt2").module()
+    assert torch.allclose(program(z, labels), model.generate(z, labels), atol=1e-5)
+
+
+def test_latent_norm_without_class_norm_is_refused():
+    with pytest.raises(ConfigError, match="latent_norm needs class_norm"):
+        load_config(PretrainConfig, None, ["latent_norm=true"])
+    with pytest.raises(ValueError, match="latent_norm needs class_norm"):
+        ModelConfig(latent_norm=True)
 
 
 def test_class_norm_on_a_user_model_is_a_config_error():

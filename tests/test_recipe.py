@@ -232,6 +232,22 @@ def test_norm_affine_names_covers_layer_and_instance_norms():
     assert norm_affine_names(net) == ["0.weight", "0.bias", "1.weight", "1.bias"]
 
 
+def test_norm_affine_only_trains_the_class_tables_but_not_the_latent_ones():
+    from raygan.models.builtin import BuiltinGan, ModelConfig
+    from raygan.recipe import restrict_to_norm_affine
+
+    cfg = ModelConfig(num_classes=3, resolution=32, channels=4, class_norm=True, latent_norm=True)
+    model = BuiltinGan(cfg)
+    restrict_to_norm_affine(model)
+    trained = {name for name, p in model.g.named_parameters() if p.requires_grad}
+    norms = {
+        f"blocks.up{i}.2.{table}"
+        for i in range(1, cfg.num_stages + 1)
+        for table in ("weight", "bias", "class_gain", "class_bias")
+    }
+    assert trained == norms | {"blocks.input.linear.weight"}  # its class columns are trained
+
+
 # --- augmentation policies -------------------------------------------------------------------
 
 

@@ -35,6 +35,7 @@ class ModelConfig:
     channels: int = 32
     latent_dim: int = 128
     class_norm: bool = False  # G's norms add a per-class scale and shift (ClassGroupNorm)
+    latent_norm: bool = False  # ...and a per-sample one from z (needs class_norm)
 
     def __post_init__(self) -> None:
         if self.resolution not in RESOLUTIONS:
@@ -43,6 +44,10 @@ class ModelConfig:
             raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
         if self.channels < 1 or self.latent_dim < 1:
             raise ValueError("channels and latent_dim must be positive")
+        if self.latent_norm and not self.class_norm:
+            raise ValueError(
+                "latent_norm needs class_norm: it adds z's scale and shift to its norms"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,45 +78,60 @@ class LatentToMap(nn.Module):
         return F.leaky_relu(self.linear(zy), 0.2).view(-1, self.channels, 4, 4)
 
 
-def _norm(channels: int, num_classes: int | None = None) -> nn.GroupNorm:
-    """`num_classes`: with a per-class scale and shift (`ModelConfig.class_norm`)."""
+def _norm(channels: int, num_classes: int | None = None, latent_dim: int = 0) -> nn.GroupNorm:
+    """`num_classes`: with a per-class scale and shift (`ModelConfig.class_norm`); `latent_dim`:
+    and a per-sample one from z (`ModelConfig.latent_norm`)."""
     # GroupNorm rather than BatchNorm: no running statistics, so a frozen block is truly
     # constant, and DDP needs no SyncBatchNorm.
     groups = min(8, channels)
     if num_classes:
-        return ClassGroupNorm(groups, channels, num_classes)
+        return ClassGroupNorm(groups, channels, num_classes, latent_dim)
     return nn.GroupNorm(groups, channels)
 
 
 class ClassGroupNorm(nn.GroupNorm):
-    """GroupNorm with a per-class scale and shift on top, as BigGAN's conditional BatchNorm.
-    Both start at zero, so a pretrained G is unchanged until fine-tuning moves them. The class
-    then reaches every resolution, not only the latent input."""
+    """GroupNorm with a per-class scale and shift on top, as BigGAN's conditional BatchNorm,
+    and with `latent_dim`, a per-sample one from z as well. All start at zero, so a pretrained
+    G is unchanged until training moves them. The class (and z) then reach every resolution,
+    not only the latent input."""
 
-    def __init__(self, num_groups: int, num_channels: int, num_classes: int) -> None:
+    def __init__(
+        self, num_groups: int, num_channels: int, num_classes: int, latent_dim: int = 0
+    ) -> None:
         super().__init__(num_groups, num_channels)
         self.class_gain = nn.Parameter(torch.zeros(num_classes, num_channels))
         self.class_bias = nn.Parameter(torch.zeros(num_classes, num_channels))
+        # Normalising each sample's groups erases what z put in their means and scales, and the
+        # class tables put back only the class's: G then draws one picture per class. z's own
+        # tables put the sample's back at every resolution, as BigGAN feeds z to every norm.
+        self.latent_gain = (
+            nn.Parameter(torch.zeros(latent_dim, num_channels)) if latent_dim else None
+        )
+        self.latent_bias = (
+            nn.Parameter(torch.zeros(latent_dim, num_channels)) if latent_dim else None
+        )
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        gain, bias = (y @ table for table in (self.class_gain, self.class_bias))
+    def forward(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        gain, bias = y @ self.class_gain, y @ self.class_bias
+        if self.latent_gain is not None:
+            gain, bias = gain + z @ self.latent_gain, bias + z @ self.latent_bias
         return super().forward(x) * (1 + gain[:, :, None, None]) + bias[:, :, None, None]
 
 
 class UpBlock(nn.Sequential):
-    """Upsample, conv, norm, activation; the one-hot labels go to a `ClassGroupNorm`."""
+    """Upsample, conv, norm, activation; the one-hot labels and z go to a `ClassGroupNorm`."""
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         for layer in self:
-            x = layer(x, y) if isinstance(layer, ClassGroupNorm) else layer(x)
+            x = layer(x, y, z) if isinstance(layer, ClassGroupNorm) else layer(x)
         return x
 
 
-def up_block(in_ch: int, out_ch: int, num_classes: int | None) -> UpBlock:
+def up_block(in_ch: int, out_ch: int, num_classes: int | None, latent_dim: int) -> UpBlock:
     return UpBlock(
         nn.Upsample(scale_factor=2, mode="nearest"),
         nn.Conv2d(in_ch, out_ch, 3, padding=1),
-        _norm(out_ch, num_classes),
+        _norm(out_ch, num_classes, latent_dim),
         nn.LeakyReLU(0.2),
     )
 
@@ -148,8 +168,9 @@ class Generator(nn.Module):
         blocks["input"] = LatentToMap(cfg.latent_dim + cfg.num_classes, cfg.width(4))
         size = 4
         classes = cfg.num_classes if cfg.class_norm else None
+        latent = cfg.latent_dim if cfg.latent_norm else 0
         for i in range(1, cfg.num_stages + 1):
-            blocks[f"up{i}"] = up_block(cfg.width(size), cfg.width(size * 2), classes)
+            blocks[f"up{i}"] = up_block(cfg.width(size), cfg.width(size * 2), classes, latent)
             size *= 2
         blocks["to_rgb"] = nn.Sequential(nn.Conv2d(cfg.width(size), 3, 3, padding=1), nn.Tanh())
         self.blocks = nn.Sequential(blocks)
@@ -158,7 +179,7 @@ class Generator(nn.Module):
         """z: (N, latent_dim) noise; y: (N, num_classes) one-hot. Returns images in [-1, 1]."""
         h = torch.cat([z, y], dim=1)
         for block in self.blocks:
-            h = block(h, y) if isinstance(block, UpBlock) else block(h)
+            h = block(h, y, z) if isinstance(block, UpBlock) else block(h)
         return h
 
 
