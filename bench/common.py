@@ -58,6 +58,11 @@ def command() -> str:
     return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
 
 
+def tagged(name: str, tag: str | None) -> str:
+    """`name_tag`: a partial or side run writes its own results file, not the recorded one."""
+    return f"{name}_{tag}" if tag else name
+
+
 def write_results(
     name: str,
     settings: dict[str, Any],

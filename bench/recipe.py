@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import RESULTS, print_table, write_results
+from common import RESULTS, print_table, tagged, write_results
 from torchvision.utils import save_image
 
 from raygan.checkpoint import load_checkpoint
@@ -52,6 +52,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     # G took the class only at its input; per-class norms carry it to every resolution.
     "mismatch + class_norm": {"mismatch_weight": 1.0, "class_norm": True},
     "mismatch 2.0 + class_norm": {"mismatch_weight": 2.0, "class_norm": True},
+    # D judges one image at a time; does matching the batch's colour moments spread them?
+    "mismatch + color match 1.0": {"mismatch_weight": 1.0, "color_match_weight": 1.0},
+    "mismatch + color match 10": {"mismatch_weight": 1.0, "color_match_weight": 10.0},
+    # FreezeD keeps D's first blocks as the source photos (blurred, noisy) trained them.
+    "mismatch, freeze_d 0": {"mismatch_weight": 1.0, "freeze_d": 0},
     # Measured in the first round (bench/README §7): the knobs peers ship, without mismatch.
     "ema + diffaug": {"mismatch_weight": 0.0, "ema_decay": 0.99, "augment": "diffaug"},
     "ema + diffaug + hinge + lecam": {
@@ -77,6 +82,7 @@ ONE_KNOB: dict[str, dict[str, Any]] = {
     "anchor 1.0": {"anchor_weight": 1.0},
     "norm_affine_only": {"norm_affine_only": True},
     "mismatch 1.0": {"mismatch_weight": 1.0},
+    "color match 1.0": {"color_match_weight": 1.0},
 }
 ABLATION = {name: {"mismatch_weight": 0.0, **knob} for name, knob in ONE_KNOB.items()}
 RECIPE_SETS = {"main": RECIPES, "ablation": ABLATION}
@@ -216,7 +222,7 @@ def main() -> None:
     name = "recipe" if args.set == "main" else f"recipe_{args.set}"
     name = name if args.data == "both" else f"{name}_{args.data}"
     name = f"{name}_only" if args.only else name  # a partial run keeps the full set's file
-    name = f"{name}_{args.tag}" if args.tag else name
+    name = tagged(name, args.tag)
     picture = RESULTS / f"{name}.png"
     picture.parent.mkdir(parents=True, exist_ok=True)
     save_image(torch.cat(grids), picture, nrow=GRID_PER_CLASS, padding=1)
@@ -237,8 +243,7 @@ def spread_only(checkpoints: list[Path], data_spec: str, tag: str | None) -> Non
         for c in checkpoints
     ]
     print_table(rows)
-    name = f"recipe_spread_{tag}" if tag else "recipe_spread"
-    print("wrote", write_results(name, {"data": data_spec}, rows))
+    print("wrote", write_results(tagged("recipe_spread", tag), {"data": data_spec}, rows))
 
 
 def chosen_recipes(recipe_set: str, only: list[str] | None) -> dict[str, dict[str, Any]]:

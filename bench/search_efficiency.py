@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from common import RESULTS, print_table, write_results
+from common import RESULTS, print_table, tagged, write_results
 from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -436,6 +436,11 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--storage", type=Path, default=None, help="default: a temporary directory")
     p.add_argument(
+        "--tag",
+        default=None,
+        help="write results/search_efficiency_TAG.*: a partial run keeps the recorded files",
+    )
+    p.add_argument(
         "--collect-only",
         action="store_true",
         help="run nothing: read the experiments already in --storage",
@@ -542,6 +547,7 @@ def first_rung_agreement(trials: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> None:
     args = parse_args()
+    name = tagged("search_efficiency", args.tag)
     if args.reanalyse:  # only redo the tables and the plot from an earlier run's JSON
         earlier = json.loads(args.reanalyse.read_text())
         curves = {
@@ -579,7 +585,7 @@ def main() -> None:
         targets["given"] = args.target_fid
     rows = summarise(curves, targets)
     print_table(rows)
-    png = RESULTS / "search_efficiency.png"
+    png = RESULTS / f"{name}.png"
     png.parent.mkdir(parents=True, exist_ok=True)
     try:
         plot(curves, targets, png)
@@ -592,10 +598,10 @@ def main() -> None:
         "targets": targets,
         "scratch_recipe": SCRATCH_RECIPE,
     }
-    for transient in ("reanalyse", "collect_only"):
+    for transient in ("reanalyse", "collect_only", "tag"):
         settings.pop(transient, None)
     path = write_results(
-        "search_efficiency",
+        name,
         settings,
         rows,
         curves=curves,

@@ -1,0 +1,79 @@
+"""What the trial scores see: held-out real demo:target images, changed one way at a time (every
+shape filled in one colour; blurred; noised), scored against the 500 training images exactly as
+a trial's generator is (classifier features, 500 images). It says which failings of a generator
+FID, collapse and class accuracy can register, and so which ones a search can select against.
+
+    python bench/score_sensitivity.py          # ~1 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from common import print_table, write_results
+from torchvision.transforms.functional import gaussian_blur
+
+from raygan.data import load_dataset
+from raygan.demo_domains import make_domain
+from raygan.metrics.evaluate import Evaluator
+
+HELD_OUT_SEED = 99  # demo:target's training images use another seed
+RED = np.array([230, 40, 45], dtype=np.uint8)  # one of the target's fill colours
+
+
+def one_fill_color(images: np.ndarray, color: np.ndarray = RED) -> np.ndarray:
+    """Every shape's fill painted `color`: the pixels that are neither the image's background
+    (its corner's colour; shapes never reach a corner) nor the dark outline."""
+    background = images[:, :1, :1, :]
+    outline = images.astype(int).sum(-1, keepdims=True) < 150
+    fill = (images != background).any(-1, keepdims=True) & ~outline
+    return np.where(fill, color, images)
+
+
+def as_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+CHANGES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "none (held-out real)": lambda x: x,
+    "Gaussian blur, sigma 0.5 px": lambda x: gaussian_blur(x, [3, 3], [0.5, 0.5]),
+    "Gaussian blur, sigma 0.8 px": lambda x: gaussian_blur(x, [5, 5], [0.8, 0.8]),
+    "box blur 3x3": lambda x: F.avg_pool2d(x, 3, 1, 1, count_include_pad=False),
+    "Gaussian noise, sd 0.1": lambda x: (x + 0.1 * torch.randn_like(x)).clamp(-1, 1),
+    "Gaussian noise, sd 0.3": lambda x: (x + 0.3 * torch.randn_like(x)).clamp(-1, 1),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=500)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    evaluator = Evaluator(load_dataset("demo:target", resolution=64), args.samples)
+    images, labels = make_domain("target", args.samples, seed=HELD_OUT_SEED)
+    variants = {name: change(as_tensor(images)) for name, change in CHANGES.items()}
+    variants["every fill red"] = as_tensor(one_fill_color(images))
+    rows = []
+    for name, fake in variants.items():
+        scores = evaluator.score_images(fake, torch.from_numpy(labels))
+        rows.append(
+            {
+                "change": name,
+                "fid": scores.fid,
+                "collapse": scores.collapse,
+                "class_accuracy": scores.class_accuracy,
+                "precision": scores.precision,
+                "coverage": scores.coverage,
+            }
+        )
+    print_table(rows)
+    settings = {"samples": args.samples, "held_out_seed": HELD_OUT_SEED}
+    print("wrote", write_results("score_sensitivity", settings, rows))
+
+
+if __name__ == "__main__":
+    main()
