@@ -52,9 +52,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     # G took the class only at its input; per-class norms carry it to every resolution.
     "mismatch + class_norm": {"mismatch_weight": 1.0, "class_norm": True},
     "mismatch 2.0 + class_norm": {"mismatch_weight": 2.0, "class_norm": True},
-    # D judges one image at a time; does matching the batch's colour moments spread them?
-    "mismatch + color match 1.0": {"mismatch_weight": 1.0, "color_match_weight": 1.0},
-    "mismatch + color match 10": {"mismatch_weight": 1.0, "color_match_weight": 10.0},
     # FreezeD keeps D's first blocks as the source photos (blurred, noisy) trained them.
     "mismatch, freeze_d 0": {"mismatch_weight": 1.0, "freeze_d": 0},
     # Measured in the first round (bench/README §7): the knobs peers ship, without mismatch.
@@ -82,7 +79,6 @@ ONE_KNOB: dict[str, dict[str, Any]] = {
     "anchor 1.0": {"anchor_weight": 1.0},
     "norm_affine_only": {"norm_affine_only": True},
     "mismatch 1.0": {"mismatch_weight": 1.0},
-    "color match 1.0": {"color_match_weight": 1.0},
 }
 ABLATION = {name: {"mismatch_weight": 0.0, **knob} for name, knob in ONE_KNOB.items()}
 RECIPE_SETS = {"main": RECIPES, "ablation": ABLATION}

@@ -1,6 +1,5 @@
-"""The fine-tuning recipe of one trial: loss, augmentation, generator EMA, R1, LeCam, colour
-matching and the pull toward the pretrained weights, with the running state each keeps (saved
-with checkpoints).
+"""The fine-tuning recipe of one trial: loss, augmentation, generator EMA, R1, LeCam and the pull
+toward the pretrained weights, with the running state each keeps (saved with checkpoints).
 
 Every piece talks to the model seam only, so it works for every adapter. The default
 TrialConfig turns them all off, which is the plain BCE recipe; the matching-aware D
@@ -10,7 +9,7 @@ TrialConfig turns them all off, which is the plain BCE recipe; the matching-awar
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,9 +30,7 @@ class Recipe:
     ema: GeneratorEMA | None
     lecam: LeCam | None
     anchors: dict[str, Anchor]  # per net; empty when anchor_weight is 0
-    # The regularisers' latest values (r1, color_match), for logging; kept
-    # on their device and read only when logged, so a step does not wait on them.
-    latest: dict[str, torch.Tensor] = field(default_factory=dict)
+    r1_last: float | None = None  # the last lazy R1 penalty, for logging
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"augment": self.augment.state_dict()}
@@ -51,7 +48,8 @@ class Recipe:
         out = {"ada_p": self.augment.p} if self.augment.spec.startswith("ada") else {}
         if self.lecam is not None:
             out.update(lecam_ema_real=self.lecam.ema_real, lecam_ema_fake=self.lecam.ema_fake)
-        out.update({name: float(value) for name, value in self.latest.items()})
+        if self.r1_last is not None:
+            out["r1"] = self.r1_last
         return out
 
 
@@ -103,7 +101,7 @@ def r1_step(
     labels: torch.Tensor,
     cfg: TrialConfig,
     recipe: Recipe,
-) -> torch.Tensor:
+) -> float:
     """A lazy R1 update on the plain D (DDP does not support double backward): gradients are
     averaged across ranks by hand. Returns the penalty."""
     real = real.detach().requires_grad_(True)
@@ -113,7 +111,7 @@ def r1_step(
     (penalty * lazy_r1_weight(cfg.r1_gamma, cfg.r1_every)).backward()
     average_gradients([p for p in model.d.parameters() if p.requires_grad])
     d_opt.step()
-    return penalty.detach()
+    return float(penalty.detach())
 
 
 def average_gradients(params: list[torch.nn.Parameter]) -> None:

@@ -1,9 +1,8 @@
-"""Regularisers that keep a fine-tune stable, near its source model and varied.
+"""Regularisers that keep a fine-tune stable and near its source model.
 
 R1 and LeCam stop D from overfitting the few real images; the anchor (L2-SP) and the
-normalisation-only mode keep the generator close to the pretrained one (few-shot transfer);
-colour matching keeps a batch's colours spread as the real batch's are. Each returns an
-unweighted term: the training loop owns the weights.
+normalisation-only mode keep the generator close to the pretrained one (few-shot transfer).
+Each returns an unweighted term: the training loop owns the weights.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -32,30 +30,6 @@ def r1_penalty(real_logits: Tensor, real_images: Tensor) -> Tensor:
 def lazy_r1_weight(gamma: float, interval: int) -> float:
     """The factor for `r1_penalty` on the steps where it runs, once every `interval` steps."""
     return gamma / 2 * interval
-
-
-def color_moments(images: Tensor) -> Tensor:
-    """Each image's mean and standard deviation per channel, (N, 2C): which colours it shows
-    and how far apart they are."""
-    flat = images.float().flatten(2)
-    spread = flat.var(2).add(1e-8).sqrt()  # eps: a flat image's spread must have a gradient
-    return torch.cat([flat.mean(2), spread], dim=1)
-
-
-def sliced_wasserstein(a: Tensor, b: Tensor, projections: int = 64) -> Tensor:
-    """Sliced 1-Wasserstein distance between two equal-size point sets (N, D): the mean gap
-    between their sorted projections on random unit directions. Differentiable, and zero only
-    when every projection's distribution matches."""
-    directions = F.normalize(torch.randn(a.shape[1], projections, device=a.device), dim=0)
-    return ((a @ directions).sort(0).values - (b @ directions).sort(0).values).abs().mean()
-
-
-def color_match_penalty(fake: Tensor, real: Tensor) -> Tensor:
-    """How far the fakes' per-image colour moments lie, as a set, from the real batch's. D
-    judges one image at a time, so a G that paints every image in one of the data's colours
-    passes it; this term sees the whole batch, and is large until the colours spread as the
-    real ones do."""
-    return sliced_wasserstein(color_moments(fake), color_moments(real))
 
 
 class LeCam:

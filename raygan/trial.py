@@ -30,7 +30,6 @@ from raygan.losses import d_loss, g_loss, mismatch_loss, wrong_labels
 from raygan.metrics.evaluate import Evaluator, objective
 from raygan.models.seam import GanModel
 from raygan.recipe import Recipe, anchor_penalty, build_recipe, r1_step, restrict_to_norm_affine
-from raygan.regularizers import color_match_penalty
 from raygan.tensorboard import TrialLog
 
 log = logging.getLogger(__name__)
@@ -185,8 +184,8 @@ def train_step(
             fake = model.generate(z, labels, m.g)  # G's graph is kept for its update only
         loss_d = d_update(m, real, labels, fake.detach(), cfg, recipe)
         if i == 0 and cfg.r1_gamma > 0 and step % cfg.r1_every == 0:
-            recipe.latest["r1"] = r1_step(model, m.opt_d, real, labels, cfg, recipe)
-    loss_g = g_update(m, real, fake, labels, cfg, recipe)
+            recipe.r1_last = r1_step(model, m.opt_d, real, labels, cfg, recipe)
+    loss_g = g_update(m, fake, labels, cfg, recipe)
     if m.sync_buffers:
         broadcast_buffers(model)
     if recipe.ema is not None:
@@ -229,12 +228,7 @@ def d_update(
 
 
 def g_update(
-    m: Models,
-    real: torch.Tensor,
-    fake: torch.Tensor,
-    labels: torch.Tensor,
-    cfg: TrialConfig,
-    recipe: Recipe,
+    m: Models, fake: torch.Tensor, labels: torch.Tensor, cfg: TrialConfig, recipe: Recipe
 ) -> torch.Tensor:
     model = m.model
     # D's gradients from G's step are thrown away, so don't pay for their all-reduce.
@@ -245,10 +239,6 @@ def g_update(
     anchor = anchor_penalty(recipe, model, "generator")
     if anchor is not None:
         loss = loss + cfg.anchor_weight * anchor
-    if cfg.color_match_weight > 0:
-        gap = color_match_penalty(fake, real)
-        loss = loss + cfg.color_match_weight * gap
-        recipe.latest["color_match"] = gap.detach()
     m.opt_g.zero_grad(set_to_none=True)
     loss.backward()
     m.opt_g.step()

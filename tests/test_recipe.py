@@ -10,16 +10,7 @@ from torch import nn
 from raygan.augment import AdaptiveAugment, AugmentPolicy, diff_augment, parse_augment
 from raygan.ema import GeneratorEMA
 from raygan.losses import LOSSES, d_loss, g_loss, mismatch_loss, wrong_labels
-from raygan.regularizers import (
-    Anchor,
-    LeCam,
-    color_match_penalty,
-    color_moments,
-    lazy_r1_weight,
-    norm_affine_names,
-    r1_penalty,
-    sliced_wasserstein,
-)
+from raygan.regularizers import Anchor, LeCam, lazy_r1_weight, norm_affine_names, r1_penalty
 
 # --- generator EMA ---------------------------------------------------------------------------
 
@@ -196,39 +187,6 @@ def test_lecam_penalty_matches_its_formula():
     # relu(real + 1)^2 = [9, 0]; relu(0.5 - fake)^2 = [0, 1]
     assert lecam.penalty(real, fake).item() == pytest.approx(9 / 2 + 1 / 2)
     assert lecam.state_dict() == {"ema_real": 0.5, "ema_fake": -1.0, "updates": 10}
-
-
-# --- colour matching ------------------------------------------------------------------------
-
-
-def test_color_moments_are_each_channels_mean_and_spread():
-    image = torch.tensor([[[[0.0, 1.0]], [[0.5, 0.5]], [[-1.0, 1.0]]]])  # (1, 3, 1, 2)
-    expected = [0.5, 0.5, 0.0, 0.5**0.5, 0.0, 2**0.5]
-    assert color_moments(image)[0].tolist() == pytest.approx(expected, abs=1e-3)
-
-
-def test_sliced_wasserstein_is_zero_for_one_set_in_any_order_and_grows_with_a_shift():
-    torch.manual_seed(0)
-    points = torch.randn(16, 6)
-    assert sliced_wasserstein(points, points.flip(0)).item() == pytest.approx(0.0, abs=1e-6)
-    near = sliced_wasserstein(points, points + 0.1).item()
-    assert 0 < near < sliced_wasserstein(points, points + 1.0).item()
-
-
-def test_color_match_spreads_one_colour_over_the_real_batchs_colours():
-    torch.manual_seed(0)
-    red, blue = torch.tensor([1.0, -1.0, -1.0]), torch.tensor([-1.0, -1.0, 1.0])
-    real = torch.stack([red] * 4 + [blue] * 4)[:, :, None, None].expand(8, 3, 2, 2)
-    colours = (torch.tensor([0.9, -1.0, -0.9]) + 0.01 * torch.randn(8, 3)).requires_grad_()
-    optimizer = torch.optim.SGD([colours], lr=0.5)
-    before = color_match_penalty(colours[:, :, None, None].expand(8, 3, 2, 2), real).item()
-    for _ in range(200):
-        optimizer.zero_grad()
-        color_match_penalty(colours[:, :, None, None].expand(8, 3, 2, 2), real).backward()
-        optimizer.step()
-    after = color_match_penalty(colours[:, :, None, None].expand(8, 3, 2, 2), real).item()
-    assert after < before / 10
-    assert colours[:, 2].max() - colours[:, 2].min() > 1.5  # some fakes turned blue
 
 
 # --- anchor (L2-SP) --------------------------------------------------------------------------
