@@ -117,6 +117,7 @@ def run_one(
         "fid": best.get("fid"),
         "collapse": best.get("collapse"),
         "class_accuracy": best.get("class_accuracy"),
+        "color_fd": best.get("color_fd"),
         "spread": spread,
         "best_step": best.get("step"),
         "seconds": seconds,
@@ -144,7 +145,7 @@ def relative_spread(checkpoint: Path, data: LabeledImages) -> float:
 
 def summarise(name: str, data: str, runs: list[dict]) -> dict[str, Any]:
     row: dict[str, Any] = {"data": data, "recipe": name, "seeds": len(runs)}
-    for key in ("fid", "collapse", "class_accuracy", "spread"):
+    for key in ("fid", "collapse", "class_accuracy", "color_fd", "spread"):
         values = [r[key] for r in runs if r.get(key) is not None]
         row[key] = statistics.mean(values) if values else None
         row[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -253,7 +254,7 @@ def chosen_recipes(recipe_set: str, only: list[str] | None) -> dict[str, dict[st
 def _short(run: dict) -> str:
     return (
         f"fid {run['fid']:.0f} collapse {run['collapse']:.3f} "
-        f"class acc {run['class_accuracy']:.2f} spread "
+        f"class acc {run['class_accuracy']:.2f} colour FD {run['color_fd']:.3f} spread "
         f"{'-' if run['spread'] is None else format(run['spread'], '.2f')} "
         f"(step {run['best_step']}, {run['seconds']:.0f}s)"
     )

@@ -1,7 +1,8 @@
 """What the trial scores see: held-out real demo:target images, changed one way at a time (every
 shape filled in one colour; blurred; noised), scored against the 500 training images exactly as
 a trial's generator is (classifier features, 500 images). It says which failings of a generator
-FID, collapse and class accuracy can register, and so which ones a search can select against.
+FID, collapse, class accuracy and the colour FD can register, and so which ones a search can
+select against.
 Two pixel statistics put generators beside the changed copies: how steep the steepest edges are,
 and how much fine grain there is.
 
@@ -23,21 +24,12 @@ from torchvision.transforms.functional import gaussian_blur
 
 from raygan.checkpoint import load_checkpoint
 from raygan.data import load_dataset
-from raygan.demo_domains import make_domain
+from raygan.demo_domains import make_domain, paint_fills
 from raygan.metrics.evaluate import Evaluator
 from raygan.models.seam import sample_images
 
 HELD_OUT_SEED = 99  # demo:target's training images use another seed
-RED = np.array([230, 40, 45], dtype=np.uint8)  # one of the target's fill colours
-
-
-def one_fill_color(images: np.ndarray, color: np.ndarray = RED) -> np.ndarray:
-    """Every shape's fill painted `color`: the pixels that are neither the image's background
-    (its corner's colour; shapes never reach a corner) nor the dark outline."""
-    background = images[:, :1, :1, :]
-    outline = images.astype(int).sum(-1, keepdims=True) < 150
-    fill = (images != background).any(-1, keepdims=True) & ~outline
-    return np.where(fill, color, images)
+RED = (230, 40, 45)  # one of the target's fill colours
 
 
 def as_tensor(images: np.ndarray) -> torch.Tensor:
@@ -79,7 +71,7 @@ def main() -> None:
     evaluator = Evaluator(load_dataset("demo:target", resolution=64), args.samples)
     images, labels = make_domain("target", args.samples, seed=HELD_OUT_SEED)
     variants = {name: change(as_tensor(images)) for name, change in CHANGES.items()}
-    variants["every fill red"] = as_tensor(one_fill_color(images))
+    variants["every fill red"] = as_tensor(paint_fills(images, RED))
     labels = torch.from_numpy(labels)
     for checkpoint in args.checkpoints:
         generated = sample_images(load_checkpoint(checkpoint).build(), labels, seed=1234)
@@ -93,6 +85,7 @@ def main() -> None:
                 "fid": scores.fid,
                 "collapse": scores.collapse,
                 "class_accuracy": scores.class_accuracy,
+                "color_fd": scores.color_fd,
                 "precision": scores.precision,
                 "coverage": scores.coverage,
                 **pixel_statistics(fake),

@@ -502,3 +502,13 @@ def make_domain(
                 chunk_labels, chunk_geometry, chunk_style, resolution
             )
     return images, labels
+
+
+def paint_fills(images: np.ndarray, color: tuple[int, int, int]) -> np.ndarray:
+    """Target images with every shape's fill painted `color` (uint8 RGB): what a generator
+    that has collapsed to one colour draws. The fill is every pixel that is neither the
+    image's background (its corner's colour: shapes never reach a corner) nor the outline."""
+    background = images[:, :1, :1, :]
+    outline = (images == _to_uint8(_CARTOON_OUTLINE)).all(-1, keepdims=True)
+    fill = (images != background).any(-1, keepdims=True) & ~outline
+    return np.where(fill, np.asarray(color, dtype=np.uint8), images)

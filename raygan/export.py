@@ -57,6 +57,7 @@ TRIAL_COLUMNS = (
     "density",
     "coverage",
     "class_accuracy",
+    "color_fd",
 )
 
 
@@ -263,7 +264,8 @@ best checkpoint of the search (trial `{best["trial_id"]}`, step {best["step"]}).
 - Metrics (generated vs real training data): FID {m.get("fid", float("nan")):.3f},
   collapse {m.get("collapse", float("nan")):.3f}, coverage {m.get("coverage", float("nan")):.3f},
   precision {m.get("precision", float("nan")):.3f}, recall {m.get("recall", float("nan")):.3f},
-  class accuracy {m.get("class_accuracy", float("nan")):.3f}
+  class accuracy {m.get("class_accuracy", float("nan")):.3f},
+  colour FD {m.get("color_fd", float("nan")):.4f}
 - Objective: FID x (1 + collapse) = {best["objective"]:.3f} in the search{_rescore_note(best)}
 
 ## Use

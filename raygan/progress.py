@@ -9,7 +9,8 @@ from typing import Any
 
 def format_metrics(metrics: dict[str, Any]) -> str:
     parts = [f"step {metrics['step']:>6}"]
-    for key in ("loss_d", "loss_g", "fid", "kid", "collapse", "coverage", "class_accuracy"):
+    keys = ("loss_d", "loss_g", "fid", "kid", "collapse", "coverage", "class_accuracy", "color_fd")
+    for key in keys:
         if key in metrics and metrics[key] == metrics[key]:  # NaN: not measured (step 0 losses)
             parts.append(f"{key} {metrics[key]:.4g}")
     if "elapsed_s" in metrics:

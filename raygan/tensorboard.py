@@ -16,7 +16,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-BEST_KEYS = ("objective", "fid", "collapse", "class_accuracy")
+BEST_KEYS = ("objective", "fid", "collapse", "class_accuracy", "color_fd")
 HPARAM_METRICS = tuple(f"best/{key}" for key in BEST_KEYS)
 
 

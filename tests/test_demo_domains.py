@@ -246,3 +246,15 @@ def test_generates_thousands_of_images_in_one_call(domain: str) -> None:
     assert np.array_equal(np.bincount(labels), np.full(NUM_CLASSES, 200))
     # No blank images anywhere, including the last chunk.
     assert (images.reshape(2000, -1).std(axis=1) > 5).all()
+
+
+def test_paint_fills_repaints_only_the_shapes_fill():
+    from raygan.demo_domains import paint_fills
+
+    images, _ = make_domain("target", 8, seed=1)
+    painted = paint_fills(images, (1, 2, 3))
+    changed = (painted != images).any(-1)
+    assert changed.any()
+    assert (painted[changed] == (1, 2, 3)).all()
+    corners = images[:, :1, :1]
+    assert ((images == corners).all(-1) <= ~changed).all(), "the background was repainted"

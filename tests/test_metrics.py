@@ -69,6 +69,23 @@ def test_collapsed_generator_scores_high_collapse_and_held_out_real_scores_low(e
     assert real_score.class_accuracy > 0.8
 
 
+def test_color_fd_sees_a_one_colour_generator_that_the_feature_scores_miss(evaluator):
+    from raygan.data import to_unit_range
+    from raygan.demo_domains import make_domain, paint_fills
+
+    images, labels = make_domain("target", 400, seed=99, resolution=32)
+    labels = torch.from_numpy(labels)
+
+    def score(pictures):
+        return evaluator.score_images(
+            to_unit_range(torch.from_numpy(pictures).permute(0, 3, 1, 2)), labels
+        )
+
+    real, red = score(images), score(paint_fills(images, (230, 40, 45)))
+    assert red.color_fd > 20 * real.color_fd, (real, red)
+    assert red.collapse < 0.15 and red.class_accuracy > 0.8, red
+
+
 def test_objective_penalises_collapse():
     assert objective(10.0, 0.0) == 10.0
     assert objective(10.0, 1.0) == 20.0

@@ -294,6 +294,7 @@ def test_hparams_tab_holds_the_searched_settings_and_the_best_metrics(tmp_path):
         "best/fid",
         "best/collapse",
         "best/class_accuracy",
+        "best/color_fd",
     }
     assert [e.value for e in acc.Scalars("best/fid")] == [30.0, 10.0, 10.0]
 

@@ -3,7 +3,8 @@
 The real side (classifier, real features) is computed once per data set and extractor and
 cached on disk, so each evaluation only generates, extracts fake features and compares.
 FID and KID use torchmetrics' implementations, fed with features we already extracted (the
-same features serve precision/recall/density/coverage).
+same features serve precision/recall/density/coverage). The colour FD is the same Fréchet
+distance over each image's colour statistics, which the classifier's features barely see.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class EvalResult:
     coverage: float
     class_accuracy: float
     collapse: float
+    color_fd: float
     per_class_coverage: dict[str, float] = field(default_factory=dict)
 
     def scalars(self) -> dict[str, float]:
@@ -69,6 +71,23 @@ class PrecomputedFeatures(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features
+
+
+def color_moments(images: torch.Tensor) -> torch.Tensor:
+    """Each image's mean and standard deviation per channel, (N, 2C): which colours it shows
+    and how far apart they are."""
+    flat = images.float().flatten(2)
+    return torch.cat([flat.mean(2), flat.std(2)], dim=1)
+
+
+def frechet_distance(dim: int) -> nn.Module:
+    """torchmetrics' FID over features we compute ourselves, keeping the real side across
+    resets; only rank 0 evaluates, so it must not sync states across the process group."""
+    from torchmetrics.image.fid import FrechetInceptionDistance  # costs seconds: see Evaluator
+
+    return FrechetInceptionDistance(
+        PrecomputedFeatures(dim), reset_real_features=False, sync_on_compute=False
+    )
 
 
 @torch.no_grad()
@@ -106,15 +125,13 @@ class Evaluator:
         self.seed = seed
         # Imported here, not at the top: a fresh trial process should reach its first training
         # step without paying for torchmetrics (and the scipy it pulls in).
-        from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.kid import KernelInceptionDistance
 
         dim = self.real_features.shape[1]
-        # Only rank 0 evaluates, so torchmetrics must not sync states across the process group.
-        self.fid = FrechetInceptionDistance(
-            PrecomputedFeatures(dim), reset_real_features=False, sync_on_compute=False
-        )
+        self.fid = frechet_distance(dim)
         self.fid.update(self.real_features.double(), real=True)
+        self.color_fd = frechet_distance(2 * real.images.shape[1])
+        self.color_fd.update(self._real_color_moments().double(), real=True)
         subset = min(100, len(real), num_samples)
         with warnings.catch_warnings():  # its memory warning is about data sets far larger
             warnings.simplefilter("ignore", UserWarning)
@@ -143,6 +160,11 @@ class Evaluator:
             save_file({"features": features.contiguous()}, tmp)
             os.replace(tmp, file)
             return features
+
+    def _real_color_moments(self) -> torch.Tensor:
+        """In batches: a large data set must not be decoded to floats all at once."""
+        indices = torch.arange(len(self.real)).split(EVAL_BATCH)
+        return torch.cat([color_moments(self.real.batch(i)[0]) for i in indices])
 
     @torch.no_grad()
     def _predict(self, fake: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -173,6 +195,8 @@ class Evaluator:
         self.fid.update(features.double(), real=False)
         self.kid.reset()
         self.kid.update(features.double(), real=False)
+        self.color_fd.reset()
+        self.color_fd.update(color_moments(fake).double(), real=False)
         overall = prdc(self.real_features, features, self.k)
         per_class = per_class_prdc_from_stats(self.real_classes, features, fake_labels)
         return EvalResult(
@@ -184,6 +208,7 @@ class Evaluator:
             coverage=overall.coverage,
             class_accuracy=float((predicted == fake_labels).float().mean()),
             collapse=collapse_score(per_class, self.real.num_classes),
+            color_fd=float(self.color_fd.compute()),
             per_class_coverage={
                 self.real.class_names[c]: m.coverage for c, m in sorted(per_class.items())
             },
