@@ -30,7 +30,7 @@ from raygan.checkpoint import save_checkpoint
 from raygan.config import SearchConfig, load_config
 from raygan.data import LabeledImages, load_dataset, sample_batches
 from raygan.demo import load_base
-from raygan.metrics.evaluate import Evaluator, extract
+from raygan.metrics.evaluate import Evaluator, color_moments, extract
 from raygan.metrics.prdc import collapse_score, per_class_prdc, prdc
 from raygan.models.seam import GanModel, sample_images
 from raygan.recipe import Recipe, build_recipe
@@ -105,6 +105,13 @@ def phases(ev: Evaluator, model: GanModel) -> dict[str, float]:
         ev.k,
     )
     _, t["collapse"] = timed(collapse_score, per_class, ev.real.num_classes)
+
+    def color_fd() -> float:
+        ev.color_fd.reset()
+        ev.color_fd.update(color_moments(fake).double(), real=False)
+        return float(ev.color_fd.compute())
+
+    _, t["color_fd"] = timed(color_fd)
     return t
 
 

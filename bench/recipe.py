@@ -254,7 +254,7 @@ def chosen_recipes(recipe_set: str, only: list[str] | None) -> dict[str, dict[st
 def _short(run: dict) -> str:
     return (
         f"fid {run['fid']:.0f} collapse {run['collapse']:.3f} "
-        f"class acc {run['class_accuracy']:.2f} colour FD {run['color_fd']:.3f} spread "
+        f"class acc {run['class_accuracy']:.2f} colour FD {run['color_fd']:.4f} spread "
         f"{'-' if run['spread'] is None else format(run['spread'], '.2f')} "
         f"(step {run['best_step']}, {run['seconds']:.0f}s)"
     )

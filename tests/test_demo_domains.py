@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from raygan.demo_domains import CLASS_NAMES, DOMAINS, make_domain
+from raygan.demo_domains import CLASS_NAMES, DOMAINS, make_domain, paint_fills
 
 NUM_CLASSES = len(CLASS_NAMES)
 
@@ -249,8 +249,6 @@ def test_generates_thousands_of_images_in_one_call(domain: str) -> None:
 
 
 def test_paint_fills_repaints_only_the_shapes_fill():
-    from raygan.demo_domains import paint_fills
-
     images, _ = make_domain("target", 8, seed=1)
     painted = paint_fills(images, (1, 2, 3))
     changed = (painted != images).any(-1)

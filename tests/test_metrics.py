@@ -3,9 +3,10 @@ import pytest
 import scipy.linalg
 import torch
 
-from raygan.data import load_dataset
+from raygan.data import load_dataset, to_unit_range
+from raygan.demo_domains import make_domain, paint_fills
 from raygan.errors import ConfigError
-from raygan.metrics.evaluate import Evaluator, objective
+from raygan.metrics.evaluate import Evaluator, color_moments, objective
 from raygan.metrics.features import build_extractor, cache_dir
 
 
@@ -36,6 +37,7 @@ def features_fid(evaluator, fake_features):
 def test_fid_of_identical_sets_is_zero(evaluator, target):
     result = evaluator.score_images(*target.batch(torch.arange(len(target))))
     assert abs(result.fid) < 1e-3 * max(1.0, float(evaluator.real_features.var(0).sum()))
+    assert abs(result.color_fd) < 1e-6
 
 
 def test_fid_agrees_with_scipy_sqrtm_formula(evaluator):
@@ -50,8 +52,6 @@ def test_fid_agrees_with_scipy_sqrtm_formula(evaluator):
 
 def test_collapsed_generator_scores_high_collapse_and_held_out_real_scores_low(evaluator, target):
     held_out = load_dataset("demo:target:400", 32)  # same domain, other draws below
-    from raygan.demo_domains import make_domain
-
     images, labels = make_domain("target", 400, seed=99, resolution=32)
     held_out.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     held_out.labels = torch.from_numpy(labels).long()
@@ -69,21 +69,33 @@ def test_collapsed_generator_scores_high_collapse_and_held_out_real_scores_low(e
     assert real_score.class_accuracy > 0.8
 
 
-def test_color_fd_sees_a_one_colour_generator_that_the_feature_scores_miss(evaluator):
-    from raygan.data import to_unit_range
-    from raygan.demo_domains import make_domain, paint_fills
-
+def held_out_and_one_colour(evaluator):
+    """Held-out real target images, and the same images with every fill one colour."""
     images, labels = make_domain("target", 400, seed=99, resolution=32)
     labels = torch.from_numpy(labels)
 
     def score(pictures):
-        return evaluator.score_images(
-            to_unit_range(torch.from_numpy(pictures).permute(0, 3, 1, 2)), labels
-        )
+        images = to_unit_range(torch.from_numpy(pictures).permute(0, 3, 1, 2))
+        return evaluator.score_images(images, labels)
 
-    real, red = score(images), score(paint_fills(images, (230, 40, 45)))
-    assert red.color_fd > 20 * real.color_fd, (real, red)
-    assert red.collapse < 0.15 and red.class_accuracy > 0.8, red
+    return score(images), score(paint_fills(images, (230, 40, 45)))
+
+
+def test_color_fd_rises_when_the_generator_draws_one_colour(evaluator):
+    real, one_colour = held_out_and_one_colour(evaluator)
+    assert one_colour.color_fd > 20 * real.color_fd, (real, one_colour)
+
+
+def test_the_feature_scores_barely_see_one_colour(evaluator):
+    """What color_fd is for (README, Scores): the classifier's features miss colour."""
+    _, one_colour = held_out_and_one_colour(evaluator)
+    assert one_colour.collapse < 0.15 and one_colour.class_accuracy > 0.8, one_colour
+
+
+def test_color_moments_are_each_channels_mean_and_spread():
+    image = torch.tensor([[[[0.0, 1.0]], [[0.5, 0.5]], [[-1.0, 1.0]]]])  # (1, 3, 1, 2)
+    expected = [0.5, 0.5, 0.0, 0.5**0.5, 0.0, 2**0.5]
+    assert color_moments(image)[0].tolist() == pytest.approx(expected)
 
 
 def test_objective_penalises_collapse():
@@ -120,5 +132,6 @@ def test_unknown_extractor_is_a_config_error(target):
 def test_real_features_are_computed_once_and_cached(target, evaluator):
     files = list(cache_dir().glob("real-features-classifier-*.safetensors"))
     assert len(files) >= 1
+    assert list(cache_dir().glob("real-colors-*.safetensors"))
     again = Evaluator(target, num_samples=400)
     assert torch.equal(again.real_features, evaluator.real_features)

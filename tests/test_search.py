@@ -101,6 +101,7 @@ def test_search_runs_trials_exports_best_and_logs_every_trial(local_ray, base_di
             "eval/density",
             "eval/coverage",
             "eval/class_accuracy",
+            "eval/color_fd",
             "loss/loss_d",
             "loss/loss_g",
         } <= set(acc.Tags()["scalars"])

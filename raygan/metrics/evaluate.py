@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -80,14 +81,32 @@ def color_moments(images: torch.Tensor) -> torch.Tensor:
     return torch.cat([flat.mean(2), flat.std(2)], dim=1)
 
 
-def frechet_distance(dim: int) -> nn.Module:
-    """torchmetrics' FID over features we compute ourselves, keeping the real side across
-    resets; only rank 0 evaluates, so it must not sync states across the process group."""
+def fid_over_features(dim: int) -> nn.Module:
+    """torchmetrics' FID metric over features we compute ourselves, keeping the real side
+    across resets; only rank 0 evaluates, so it must not sync states across the process
+    group."""
     from torchmetrics.image.fid import FrechetInceptionDistance  # costs seconds: see Evaluator
 
     return FrechetInceptionDistance(
         PrecomputedFeatures(dim), reset_real_features=False, sync_on_compute=False
     )
+
+
+def cached_tensor(name: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """`compute()`, run once and kept in the cache directory as `name`.safetensors; processes
+    that need it at once wait for the first one's file."""
+    directory = cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    file = directory / f"{name}.safetensors"
+    with FileLock(str(file) + ".lock"):
+        if file.exists():
+            return load_file(file)["features"]
+        tensor = compute()
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        os.close(fd)
+        save_file({"features": tensor.contiguous()}, tmp)
+        os.replace(tmp, file)
+        return tensor
 
 
 @torch.no_grad()
@@ -128,11 +147,12 @@ class Evaluator:
         from torchmetrics.image.kid import KernelInceptionDistance
 
         dim = self.real_features.shape[1]
-        self.fid = frechet_distance(dim)
+        self.fid = fid_over_features(dim)
         self.fid.update(self.real_features.double(), real=True)
-        self.color_fd = frechet_distance(2 * real.images.shape[1])
+        self.color_fd = fid_over_features(2 * real.images.shape[1])
         self.color_fd.update(self._real_color_moments().double(), real=True)
         subset = min(100, len(real), num_samples)
+        # Not synced across ranks either (see fid_over_features).
         with warnings.catch_warnings():  # its memory warning is about data sets far larger
             warnings.simplefilter("ignore", UserWarning)
             self.kid = KernelInceptionDistance(
@@ -146,25 +166,23 @@ class Evaluator:
 
     def _real_features(self, extractor: str) -> torch.Tensor:
         """Real features, computed once per (data set, extractor) and cached on disk."""
-        directory = cache_dir()
-        directory.mkdir(parents=True, exist_ok=True)
         key = f"{extractor}-{weights_hash(self.extractor)}-{data_hash(self.real)}"
-        file = directory / f"real-features-{key}.safetensors"
-        with FileLock(str(file) + ".lock"):
-            if file.exists():
-                return load_file(file)["features"]
+
+        def compute() -> torch.Tensor:
             images, _ = self.real.batch(torch.arange(len(self.real)))
-            features = extract(self.extractor, images, self.device)
-            fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-            os.close(fd)
-            save_file({"features": features.contiguous()}, tmp)
-            os.replace(tmp, file)
-            return features
+            return extract(self.extractor, images, self.device)
+
+        return cached_tensor(f"real-features-{key}", compute)
 
     def _real_color_moments(self) -> torch.Tensor:
-        """In batches: a large data set must not be decoded to floats all at once."""
-        indices = torch.arange(len(self.real)).split(EVAL_BATCH)
-        return torch.cat([color_moments(self.real.batch(i)[0]) for i in indices])
+        """Computed once per data set, in batches: a large set must not be decoded to floats
+        all at once."""
+
+        def compute() -> torch.Tensor:
+            indices = torch.arange(len(self.real)).split(EVAL_BATCH)
+            return torch.cat([color_moments(self.real.batch(i)[0]) for i in indices])
+
+        return cached_tensor(f"real-colors-{data_hash(self.real)}", compute)
 
     @torch.no_grad()
     def _predict(self, fake: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -196,7 +214,7 @@ class Evaluator:
         self.kid.reset()
         self.kid.update(features.double(), real=False)
         self.color_fd.reset()
-        self.color_fd.update(color_moments(fake).double(), real=False)
+        self.color_fd.update(color_moments(fake.cpu()).double(), real=False)
         overall = prdc(self.real_features, features, self.k)
         per_class = per_class_prdc_from_stats(self.real_classes, features, fake_labels)
         return EvalResult(
