@@ -116,8 +116,8 @@ def norm_affine_names(net: nn.Module) -> list[str]:
     affine: set[int] = set()
     for module in net.modules():
         if isinstance(module, _TORCH_NORMS):
-            # weight and bias only: a conditional norm's tables (raygan's z tables) are layers
-            # of their own; its class tables are trained as class-conditional tensors.
+            # weight and bias only, not a conditional norm's extra tables: its class tables are
+            # trained as class-conditional tensors, and its z tables (latent_norm) stay frozen.
             affine.update(
                 id(p) for p in (module.weight, getattr(module, "bias", None)) if p is not None
             )

@@ -149,8 +149,9 @@ class Evaluator:
         dim = self.real_features.shape[1]
         self.fid = fid_over_features(dim)
         self.fid.update(self.real_features.double(), real=True)
-        self.color_fd = fid_over_features(2 * real.images.shape[1])
-        self.color_fd.update(self._real_color_moments().double(), real=True)
+        real_colors = self._real_color_moments()
+        self.color_fd = fid_over_features(real_colors.shape[1])
+        self.color_fd.update(real_colors.double(), real=True)
         subset = min(100, len(real), num_samples)
         # Not synced across ranks either (see fid_over_features).
         with warnings.catch_warnings():  # its memory warning is about data sets far larger
