@@ -89,7 +89,8 @@ def holds(storage: str, experiment: str) -> bool:
 def _export(args: argparse.Namespace) -> int:
     from raygan.export import export_best
 
-    print(f"exported to {export_best(args.experiment, args.out)}")
+    out = export_best(args.experiment, args.out, min_class_accuracy=args.min_class_accuracy)
+    print(f"exported to {out}")
     return 0
 
 
@@ -148,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export the best checkpoint of an experiment")
     p.add_argument("experiment", type=Path, help="experiment directory, e.g. runs/demo")
     p.add_argument("out", type=Path, help="directory to write the exported model to")
+    p.add_argument(
+        "--min-class-accuracy",
+        type=float,
+        metavar="X",
+        help="export only checkpoints whose class accuracy reaches X (default: the search's "
+        "min_class_accuracy)",
+    )
     p.set_defaults(run=_export)
 
     p = sub.add_parser("sample", help="generate images of one class from an export")

@@ -21,7 +21,14 @@ log = logging.getLogger(__name__)
 SETTINGS_FILE = "search_config.json"
 # Where trials run, not what they compute or how the search proceeds: a resumed search may
 # move to another cluster.
-MAY_CHANGE_ON_RESUME = ("name", "storage", "cpus_per_worker", "gpus_per_worker", "rescore_top")
+MAY_CHANGE_ON_RESUME = (
+    "name",
+    "storage",
+    "cpus_per_worker",
+    "gpus_per_worker",
+    "rescore_top",
+    "min_class_accuracy",
+)
 # The stop reason recorded for a trial ASHA stopped: posted by the scheduler for trials that
 # stop themselves, and written by export for those Tune stopped from outside.
 STOPPED_BY_ASHA = "by ASHA: score behind its rung"

@@ -2,6 +2,8 @@
 
 The best few checkpoints by their search objective are scored again on fresh noise and the
 best by that re-score is exported: the minimum over dozens of noisy evaluations is partly luck.
+With a class accuracy floor, only checkpoints that reach it, in the search and again on the
+fresh noise, are exported: the objective does not count the class.
 
     OUT/generator.safetensors, discriminator.safetensors, raygan.json   the checkpoint
     OUT/generator.pt2              G(z, class index) as a torch.export program, for serving
@@ -9,7 +11,7 @@ best by that re-score is exported: the minimum over dozens of noisy evaluations 
                                    discriminator.keras, loadable by plain Keras)
     OUT/samples.png                one row per class
     OUT/trials.parquet             every trial: params, best/last metrics, status, stop reason
-    OUT/best.json                  trial, hyperparameters, metrics and re-scores of the export
+    OUT/best.json                  trial, hyperparameters, metrics, re-scores and class floor
     OUT/MODEL_CARD.md
 
 Everything is read from the experiment directory alone, so export works after the search,
@@ -173,42 +175,93 @@ def rescore(candidates: list[Candidate], cfg: SearchConfig, experiment: Path) ->
                 "rescored_objective": objective(metrics["fid"], metrics["collapse"]),
                 "rescored_fid": metrics["fid"],
                 "rescored_collapse": metrics["collapse"],
+                "rescored_class_accuracy": metrics["class_accuracy"],
             }
         )
     return scores
 
 
 def choose_checkpoint(
-    experiment: Path, candidates: list[Candidate], top: int | None
-) -> tuple[Candidate, list[dict]]:
-    """The checkpoint to export and the re-scores it was chosen by (empty: plain argmin)."""
+    experiment: Path,
+    candidates: list[Candidate],
+    top: int | None,
+    min_class_accuracy: float | None,
+) -> tuple[Candidate, list[dict], float | None]:
+    """The checkpoint to export, the re-scores it was chosen by (empty: plain argmin) and the
+    class accuracy floor it was chosen under (None: no floor)."""
     cfg = load_settings(experiment)
+    floor = cfg.min_class_accuracy if cfg and min_class_accuracy is None else min_class_accuracy
+    candidates = reaching_floor(candidates, floor)
     if cfg is None:
         log.warning(
             "%s has no search settings (an older experiment): exporting the best search "
             "objective without re-scoring",
             experiment,
         )
-        return candidates[0], []
+        return candidates[0], [], floor
     top = cfg.rescore_top if top is None else top
     if top == 0:
-        return candidates[0], []
+        return candidates[0], [], floor
     scores = rescore(candidates[:top], cfg, experiment)
-    best = min(range(len(scores)), key=lambda i: scores[i]["rescored_objective"])
-    return candidates[best], scores
+    # The floor is checked again on fresh samples: a search's class accuracy is a best-of-many
+    # too, though a far less noisy one than FID.
+    passing = [
+        i for i, s in enumerate(scores) if floor is None or s["rescored_class_accuracy"] >= floor
+    ]
+    if not passing:
+        log.warning(
+            "no re-scored checkpoint reaches min_class_accuracy %.3g on fresh samples: "
+            "exporting the best re-score; best.json and the model card say the floor was missed",
+            floor,
+        )
+    best = min(passing or range(len(scores)), key=lambda i: scores[i]["rescored_objective"])
+    return candidates[best], scores, floor
 
 
-def export_best(experiment: str | Path, out: str | Path, rescore_top: int | None = None) -> Path:
+def reaching_floor(candidates: list[Candidate], floor: float | None) -> list[Candidate]:
+    """The candidates whose class accuracy in the search reaches the floor; all of them, with a
+    warning, when none does (a model that misses it beats no model after hours of search)."""
+    if floor is None:
+        return candidates
+    passing = [c for c in candidates if class_accuracy_of(c[2]) >= floor]
+    if not passing:
+        best = max(class_accuracy_of(c[2]) for c in candidates)
+        log.warning(
+            "no checkpoint reaches min_class_accuracy %.3g (the best reached %.3f): exporting "
+            "the best by objective; best.json and the model card say the floor was missed",
+            floor,
+            best,
+        )
+    return passing or candidates
+
+
+def class_accuracy_of(state: dict[str, Any]) -> float:
+    value = state.get("metrics", {}).get("class_accuracy")
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else -1.0
+
+
+def export_best(
+    experiment: str | Path,
+    out: str | Path,
+    rescore_top: int | None = None,
+    min_class_accuracy: float | None = None,
+) -> Path:
     """Write the export folder atomically; returns its path. `rescore_top`: how many of the
-    best checkpoints to re-score (default: the search's `rescore_top`; 0: plain argmin)."""
+    best checkpoints to re-score (default: the search's `rescore_top`; 0: plain argmin).
+    `min_class_accuracy`: export only checkpoints whose class accuracy reaches it (default:
+    the search's `min_class_accuracy`)."""
     experiment, out = Path(experiment), Path(out)
+    if min_class_accuracy is not None and not 0 <= min_class_accuracy <= 1:
+        raise ConfigError(
+            f"min_class_accuracy {min_class_accuracy:g}: not a class accuracy in [0, 1]"
+        )
     if not experiment.is_dir():
         raise ConfigError(f"experiment directory not found: {experiment}")
     candidates = find_checkpoints(experiment)
     if not candidates:
         raise CheckpointError(f"{experiment}: no evaluated checkpoint to export yet")
-    (search_objective, source, state), scores = choose_checkpoint(
-        experiment, candidates, rescore_top
+    (search_objective, source, state), scores, floor = choose_checkpoint(
+        experiment, candidates, rescore_top, min_class_accuracy
     )
     ckpt = load_checkpoint(source)
     model = ckpt.build()
@@ -235,6 +288,7 @@ def export_best(experiment: str | Path, out: str | Path, rescore_top: int | None
             "source_checkpoint": str(source),
             "class_names": ckpt.class_names,
             "rescore": {"seed": RESCORE_SEED, "candidates": scores} if scores else None,
+            "class_floor": class_floor(floor, state, chosen),
         }
         (tmp / "best.json").write_text(json.dumps(best, indent=2, default=float))
         card = model_card(best, ckpt.spec, model.latent_dim, serving, len(rows))
@@ -244,6 +298,24 @@ def export_best(experiment: str | Path, out: str | Path, rescore_top: int | None
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def class_floor(
+    floor: float | None, state: dict[str, Any], rescored: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Whether the export reaches the floor: on fresh samples where it was re-scored."""
+    if floor is None:
+        return None
+    if "rescored_class_accuracy" in rescored:
+        accuracy, measured = rescored["rescored_class_accuracy"], "on fresh samples"
+    else:
+        accuracy, measured = class_accuracy_of(state), "in the search"
+    return {
+        "min_class_accuracy": floor,
+        "class_accuracy": accuracy,
+        "measured": measured,
+        "met": accuracy >= floor,
+    }
 
 
 def model_card(
@@ -267,7 +339,7 @@ best checkpoint of the search (trial `{best["trial_id"]}`, step {best["step"]}).
   class accuracy {m.get("class_accuracy", float("nan")):.3f},
   colour FD {m.get("color_fd", float("nan")):.4f}
 - Objective: FID x (1 + collapse) = {best["objective"]:.3f} in the search{_rescore_note(best)}
-
+{_floor_note(best["class_floor"])}
 ## Use
     raygan sample EXPORT_DIR --class {best["class_names"][0]} -n 16 -o samples.png
 
@@ -286,6 +358,23 @@ def _rescore_note(best: dict[str, Any]) -> str:
     return (
         f"; {best['rescored_objective']:.3f} on fresh samples (the best {count} checkpoints "
         "by the search were re-scored; this one scored best)"
+    )
+
+
+def _floor_note(floor: dict[str, Any] | None) -> str:
+    if floor is None:
+        return ""
+    if floor["met"]:
+        return (
+            f"- Class accuracy floor {floor['min_class_accuracy']:.3g}: met "
+            f"({floor['class_accuracy']:.3f} {floor['measured']}); checkpoints below it "
+            "were not exported\n"
+        )
+    return (
+        f"- **Class accuracy floor {floor['min_class_accuracy']:.3g}: missed** "
+        f"({floor['class_accuracy']:.3f} {floor['measured']}): no checkpoint reached it, "
+        "so this is the best by "
+        "objective. It may ignore the class it is asked for.\n"
     )
 
 

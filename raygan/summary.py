@@ -63,7 +63,7 @@ def format_summary(
         key=lambda r: r["best_objective"],
     )
     names = list(cfg.space)
-    header = ["trial", *names, "status", "evals", "best fid", "collapse", "objective"]
+    header = ["trial", *names, "status", "evals", "best fid", "collapse", "class acc", "objective"]
     lines = [" | ".join(header)]
     for row in ranked[:top]:
         values = [
@@ -73,6 +73,7 @@ def format_summary(
             str(row["evaluations"]),
             _fmt(row["best_fid"]),
             _fmt(row["best_collapse"]),
+            _fmt(row.get("best_class_accuracy")),
             _fmt(row["best_objective"]),
         ]
         lines.append(" | ".join(values))
@@ -109,6 +110,13 @@ def export_note(export: Path) -> str:
     note = f": trial {best['trial_id']} step {best['step']}, objective {_fmt(best['objective'])}"
     if best.get("rescored_objective") is not None:
         note += f" in the search, {_fmt(best['rescored_objective'])} on fresh samples"
+    floor = best.get("class_floor")
+    if floor:
+        verdict = "met" if floor["met"] else "MISSED: no checkpoint reached it"
+        note += (
+            f"; class accuracy {_fmt(floor['class_accuracy'])} against the floor "
+            f"{_fmt(floor['min_class_accuracy'])}, {verdict}"
+        )
     return note
 
 

@@ -63,6 +63,10 @@ def test_finetune_prints_a_progress_line_per_evaluation_and_saves_checkpoints(
         (["prepare", "/nonexistent", "out.parquet"], "data set not found"),
         (["export", "/nonexistent/exp", "out"], "experiment directory not found"),
         (
+            ["export", "/nonexistent/exp", "out", "--min-class-accuracy", "70"],
+            "min_class_accuracy 70: not a class accuracy in [0, 1]",
+        ),
+        (
             ["tune", "search_spaces/demo.yaml", "--set", "num_trial=3"],
             "search_spaces/demo.yaml with --set num_trial=3: unknown field 'num_trial'",
         ),

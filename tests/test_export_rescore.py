@@ -9,18 +9,21 @@ import torch
 
 from raygan.checkpoint import save_checkpoint
 from raygan.config import SearchConfig, validate
-from raygan.experiment import SETTINGS_FILE, save_settings
+from raygan.experiment import SETTINGS_FILE, load_settings, save_settings
 from raygan.export import export_best
 from raygan.metrics import features
 from raygan.metrics.features import Classifier
 
+CLASS_ACCURACY = {"lucky": 0.4, "b": 0.2, "c": 0.8, "d": 0.5}
+
 
 def checkpoint_with(base, run_id: str, objective: float, generator=None):
+    metrics = {"objective": objective, "fid": objective, "collapse": 0.0}
     state = {
         "step": 2,
         "run_id": run_id,
         "hparams": {"lr": 1e-4},
-        "metrics": {"objective": objective, "fid": objective, "collapse": 0.0},
+        "metrics": {**metrics, "class_accuracy": CLASS_ACCURACY[run_id]},
     }
     return dataclasses.replace(base, generator=generator or base.generator, state=state)
 
@@ -91,3 +94,48 @@ def test_an_experiment_without_search_settings_exports_the_argmin_with_a_warning
 def test_rescore_top_zero_turns_rescoring_off(experiment, tmp_path):
     out = export_best(experiment, tmp_path / "export", rescore_top=0)
     assert json.loads((out / "best.json").read_text())["trial_id"] == "lucky"
+
+
+def test_a_class_floor_skips_better_objectives_below_it(experiment, tmp_path):
+    out = export_best(experiment, tmp_path / "export", rescore_top=0, min_class_accuracy=0.7)
+    best = json.loads((out / "best.json").read_text())
+    assert best["trial_id"] == "c"  # lucky (0.4) and b (0.2) are below the floor
+    assert best["class_floor"] == {
+        "min_class_accuracy": 0.7,
+        "class_accuracy": 0.8,
+        "measured": "in the search",
+        "met": True,
+    }
+    assert (
+        "Class accuracy floor 0.7: met (0.800 in the search)" in (out / "MODEL_CARD.md").read_text()
+    )
+
+
+def test_a_missed_floor_still_exports_the_best_objective_and_says_so(experiment, tmp_path, caplog):
+    out = export_best(experiment, tmp_path / "export", rescore_top=0, min_class_accuracy=0.9)
+    best = json.loads((out / "best.json").read_text())
+    assert best["trial_id"] == "lucky" and best["class_floor"]["met"] is False
+    assert "no checkpoint reaches min_class_accuracy 0.9 (the best reached 0.800)" in caplog.text
+    assert "Class accuracy floor 0.9: missed" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_the_floor_comes_from_the_search_settings_unless_export_overrides_it(experiment, tmp_path):
+    cfg = load_settings(experiment)
+    save_settings(experiment, cfg.model_copy(update={"min_class_accuracy": 0.7, "rescore_top": 0}))
+    out = export_best(experiment, tmp_path / "export")
+    assert json.loads((out / "best.json").read_text())["trial_id"] == "c"
+    out = export_best(experiment, tmp_path / "export", min_class_accuracy=0.0)
+    assert json.loads((out / "best.json").read_text())["trial_id"] == "lucky"
+
+
+def test_the_floor_is_checked_again_on_the_fresh_samples(experiment, tmp_path):
+    """Only c and d reach 0.45 in the search, so only they are re-scored; whether the export
+    meets the floor is told by its class accuracy on the fresh samples."""
+    out = export_best(experiment, tmp_path / "export", min_class_accuracy=0.45)
+    best = json.loads((out / "best.json").read_text())
+    candidates = best["rescore"]["candidates"]
+    assert [c["trial_id"] for c in candidates] == ["c", "d"]
+    chosen = next(c for c in candidates if c["trial_id"] == best["trial_id"])
+    assert best["class_floor"]["class_accuracy"] == chosen["rescored_class_accuracy"]
+    assert best["class_floor"]["measured"] == "on fresh samples"
+    assert best["class_floor"]["met"] == (chosen["rescored_class_accuracy"] >= 0.45)

@@ -279,6 +279,24 @@ def test_summary_counts_failed_trials(tmp_path):
     assert "trial b: error ValueError: bad" in summary
 
 
+def test_summary_shows_class_accuracy_and_whether_the_export_met_its_floor(tmp_path):
+    row = {
+        "trial_id": "a",
+        "status": "completed",
+        "evaluations": 2,
+        "best_objective": 3.0,
+        "best_fid": 2.0,
+        "best_collapse": 0.5,
+        "best_class_accuracy": 0.61,
+    }
+    best = {"trial_id": "a", "step": 4, "objective": 3.0, "rescored_objective": None}
+    floor = {"min_class_accuracy": 0.7, "class_accuracy": 0.61, "met": False}
+    (tmp_path / "best.json").write_text(json.dumps({**best, "class_floor": floor}))
+    summary = format_summary([row], config(), {"fid": 9.0}, tmp_path)
+    assert "| class acc |" in summary and "| 0.61 |" in summary
+    assert "class accuracy 0.61 against the floor 0.7, MISSED" in summary
+
+
 def test_hparams_tab_holds_the_searched_settings_and_the_best_metrics(tmp_path):
     log = TrialLog(tmp_path, {"lr": 1e-4, "freeze_d": 2})
     for step, fid in ((2, 30.0), (4, 10.0), (6, 50.0)):
