@@ -35,7 +35,7 @@ from PIL import Image
 from torchvision.utils import save_image
 
 from raygan.checkpoint import SIDECAR, _replace_dir, load_checkpoint
-from raygan.config import SearchConfig
+from raygan.config import SEARCHABLE, SearchConfig
 from raygan.errors import CheckpointError, ConfigError
 from raygan.experiment import STOPPED_BY_ASHA, load_settings
 from raygan.metrics.evaluate import Evaluator, objective
@@ -322,8 +322,11 @@ def model_card(
     best: dict[str, Any], spec: dict[str, Any], latent_dim: int, serving: list[str], trials: int
 ) -> str:
     m, h = best["metrics"], best["hyperparameters"]
+    # Every knob a search can set, not just the ones this search did: the rest are the recipe too.
     searched = ", ".join(
-        f"{k}={h.get(k)}" for k in ("lr", "beta1", "freeze_g", "freeze_d", "augment")
+        f"{k}={h[k]:.4g}" if isinstance(h[k], float) else f"{k}={h[k]}"
+        for k in SEARCHABLE
+        if h.get(k) is not None
     )
     return f"""# raygan export
 

@@ -78,6 +78,7 @@ def test_export_picks_the_best_rescored_of_the_top_three_and_reports_both_scores
     assert best["objective"] == chosen["objective"]
     card = (out / "MODEL_CARD.md").read_text()
     assert "in the search" in card and "on fresh samples" in card
+    assert "- Hyperparameters: lr=0.0001\n" in card
 
 
 def test_an_experiment_without_search_settings_exports_the_argmin_with_a_warning(
