@@ -573,8 +573,9 @@ def run_search(
     log.info("search %s: %d trials, up to %d at once", experiment, cfg.num_trials, concurrency)
     local = "://" not in experiment
     pretrained = score_pretrained(cfg, base, data, Path(experiment)) if local else {"fid": math.nan}
-    if local and not resume:
-        save_settings(Path(experiment), cfg)  # what --resume and export check against
+    if local:
+        # What --resume and export check against; a resume may change the export's settings.
+        save_settings(Path(experiment), cfg)
     with board_open(ctx.stop_board):
         raise_if_all_failed(tuner.fit())
     if not local:

@@ -112,7 +112,7 @@ def export_note(export: Path) -> str:
         note += f" in the search, {_fmt(best['rescored_objective'])} on fresh samples"
     floor = best.get("class_floor")
     if floor:
-        verdict = "met" if floor["met"] else "MISSED: no checkpoint reached it"
+        verdict = "met" if floor["met"] else "MISSED"
         note += (
             f"; class accuracy {_fmt(floor['class_accuracy'])} against the floor "
             f"{_fmt(floor['min_class_accuracy'])}, {verdict}"

@@ -205,7 +205,9 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(
     finished = {r[0]["trial_id"]: len(r) for r in reported_steps(experiment) if r[-1]["step"] == 12}
     assert finished
 
-    proc = start_search([search, "--resume", experiment], isolated_cache)
+    # The export's settings may change on resume, and the export follows them.
+    resume = [search, "--resume", experiment, "--set", "min_class_accuracy=1"]
+    proc = start_search(resume, isolated_cache)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output
     runs = reported_steps(experiment)
@@ -216,3 +218,5 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(
     assert len(table) == 3, output
     # Every trial reached its end: the full schedule, or a stop by ASHA.
     assert all(r["status"] in ("completed", "stopped") for r in table), table
+    best = json.loads((experiment / "export" / "best.json").read_text())
+    assert best["class_floor"]["min_class_accuracy"] == 1
