@@ -92,6 +92,14 @@ def fid_over_features(dim: int) -> nn.Module:
     )
 
 
+def distance_to_real(metric: nn.Module, fake_features: torch.Tensor) -> torch.Tensor:
+    """A torchmetrics distance (FID, KID) that keeps its real side across resets, computed
+    for these fake features alone."""
+    metric.reset()
+    metric.update(fake_features.double(), real=False)
+    return metric.compute()
+
+
 def cached_tensor(name: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
     """`compute()`, run once and kept in the cache directory as `name`.safetensors; processes
     that need it at once wait for the first one's file."""
@@ -210,24 +218,18 @@ class Evaluator:
         """Score any set of images in [-1, 1] with the classes they should show."""
         features = extract(self.extractor, fake, self.device)
         predicted = self._predict(fake, features)
-        self.fid.reset()
-        self.fid.update(features.double(), real=False)
-        self.kid.reset()
-        self.kid.update(features.double(), real=False)
-        self.color_fd.reset()
-        self.color_fd.update(color_moments(fake.cpu()).double(), real=False)
         overall = prdc(self.real_features, features, self.k)
         per_class = per_class_prdc_from_stats(self.real_classes, features, fake_labels)
         return EvalResult(
-            fid=float(self.fid.compute()),
-            kid=float(self.kid.compute()[0]),
+            fid=float(distance_to_real(self.fid, features)),
+            kid=float(distance_to_real(self.kid, features)[0]),
             precision=overall.precision,
             recall=overall.recall,
             density=overall.density,
             coverage=overall.coverage,
             class_accuracy=float((predicted == fake_labels).float().mean()),
             collapse=collapse_score(per_class, self.real.num_classes),
-            color_fd=float(self.color_fd.compute()),
+            color_fd=float(distance_to_real(self.color_fd, color_moments(fake.cpu()))),
             per_class_coverage={
                 self.real.class_names[c]: m.coverage for c, m in sorted(per_class.items())
             },
